@@ -1,0 +1,170 @@
+"""Flat weight vectors θ and a pure function f(x; θ) for any ``nn.Module``.
+
+A point of weight space is one 1-D tensor θ holding the model's trainable
+parameters in the order of ``parameters_to_vector(p for p in model.parameters()
+if p.requires_grad)``. :class:`FunctionalModel` converts between θ and the
+parameter dict that ``torch.func.functional_call`` wants, and evaluates the
+network without touching the user's module.
+
+Evaluation mode. ``FunctionalModel`` works on a private copy of the module put
+in eval mode: dropout is off and batch norm uses its running statistics, so
+products with torch.func transforms never update buffers and never fail on
+train-mode batch norm. Buffers can be passed explicitly (for instance batch-norm
+statistics recomputed at a new point, as mode-connectivity evaluation does).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from weightgeo.errors import WeightgeoError
+
+
+class FunctionalModel:
+    """A model seen as the pure function ``(θ, x) -> logits``.
+
+    Args:
+        model: any ``nn.Module``; it is copied (``copy.deepcopy``) and never mutated.
+
+    Attributes:
+        names, shapes, numels: the trainable parameters, in ``model.parameters()`` order.
+        n: the dimension of weight space (number of trainable scalars).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if isinstance(model, FunctionalModel):
+            model = model.module
+        self.module: nn.Module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not trainable:
+            raise WeightgeoError("the model has no trainable parameters")
+        self.names: list[str] = [n for n, _ in trainable]
+        self.shapes: list[torch.Size] = [p.shape for _, p in trainable]
+        self.numels: list[int] = [p.numel() for _, p in trainable]
+        self.n: int = sum(self.numels)
+        self._frozen = {
+            n: p.detach() for n, p in self.module.named_parameters() if n not in set(self.names)
+        }
+        self.buffers: dict[str, Tensor] = {n: b for n, b in self.module.named_buffers()}
+
+    # -- θ <-> parameters ------------------------------------------------------------
+    def flatten(self, params: nn.Module | Mapping[str, Tensor]) -> Tensor:
+        """θ from a module with this architecture, or from a parameter dict."""
+        if isinstance(params, nn.Module):
+            params = dict(params.named_parameters())
+        try:
+            return torch.cat([params[n].detach().reshape(-1) for n in self.names])
+        except KeyError as err:
+            raise WeightgeoError(f"parameter {err} is missing: not the same architecture") from err
+
+    def theta(self) -> Tensor:
+        """θ of the model this was built from (a detached copy)."""
+        return self.flatten(self.module).clone()
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """The parameter dict (views into θ) for ``functional_call``."""
+        self.check(theta)
+        return {
+            n: chunk.view(s)
+            for n, chunk, s in zip(self.names, theta.split(self.numels), self.shapes, strict=True)
+        }
+
+    def slices(self) -> dict[str, slice]:
+        """Where each named parameter lives inside θ."""
+        out, start = {}, 0
+        for n, k in zip(self.names, self.numels, strict=True):
+            out[n] = slice(start, start + k)
+            start += k
+        return out
+
+    def weight_mask(self, include_biases: bool = False, device=None) -> Tensor:
+        """Boolean mask over θ: True on weights of dimension ≥ 2 (linear/conv kernels).
+
+        Biases and normalisation parameters (1-D tensors) are False unless
+        ``include_biases``.
+        """
+        parts = [
+            torch.full((k,), include_biases or len(s) >= 2, dtype=torch.bool, device=device)
+            for k, s in zip(self.numels, self.shapes, strict=True)
+        ]
+        return torch.cat(parts)
+
+    def check(self, theta: Tensor) -> None:
+        """Raise a one-line error unless θ is a 1-D tensor of length ``n``."""
+        if not isinstance(theta, Tensor):
+            raise WeightgeoError(f"θ must be a torch.Tensor, got {type(theta).__name__}")
+        if theta.dim() != 1 or theta.numel() != self.n:
+            raise WeightgeoError(
+                f"θ must be a flat vector of length {self.n}, got shape {tuple(theta.shape)}"
+            )
+
+    # -- evaluation ---------------------------------------------------------------------
+    def to(self, device=None, dtype=None) -> FunctionalModel:
+        """Move the private module (its buffers and frozen parameters) in place; returns self."""
+        self.module.to(device=device, dtype=dtype)
+        self._frozen = {
+            n: p.detach() for n, p in self.module.named_parameters() if n not in set(self.names)
+        }
+        self.buffers = {n: b for n, b in self.module.named_buffers()}
+        return self
+
+    def __call__(self, theta: Tensor, x: Tensor, buffers: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Logits f(x; θ) in eval mode (no buffer is updated)."""
+        params = self.unflatten(theta)
+        state = {**self._frozen, **(self.buffers if buffers is None else buffers), **params}
+        return functional_call(self.module, state, (x,))
+
+    def train_call(self, theta: Tensor, x: Tensor, buffers: Mapping[str, Tensor]) -> Tensor:
+        """Logits in train mode (batch statistics, dropout on), updating ``buffers`` in place.
+
+        ``buffers`` must be the caller's own tensors (e.g. from :meth:`clone_buffers`);
+        the user's module and this object's buffers are untouched.
+        """
+        params = self.unflatten(theta)
+        self.module.train()
+        try:
+            return functional_call(self.module, {**self._frozen, **buffers, **params}, (x,))
+        finally:
+            self.module.eval()
+
+    def clone_buffers(self) -> dict[str, Tensor]:
+        """A private copy of the buffers (batch-norm running statistics)."""
+        return {n: b.clone() for n, b in self.buffers.items()}
+
+    @property
+    def has_batch_norm(self) -> bool:
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.module.modules())
+
+    def load_into(self, model: nn.Module, theta: Tensor) -> nn.Module:
+        """Write θ into ``model`` (a module the caller owns, e.g. for export); returns it."""
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for n, chunk in self.unflatten(theta).items():
+                params[n].copy_(chunk)
+        return model
+
+    def to_module(self, theta: Tensor, buffers: Mapping[str, Tensor] | None = None) -> nn.Module:
+        """A fresh ``nn.Module`` (a copy) holding θ, trainable, in eval mode."""
+        model = copy.deepcopy(self.module)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for n in self.names:
+            model.get_parameter(n).requires_grad_(True)
+        self.load_into(model, theta)
+        if buffers is not None:
+            with torch.no_grad():
+                for n, b in model.named_buffers():
+                    b.copy_(buffers[n])
+        return model
+
+
+def as_functional(model: nn.Module | FunctionalModel) -> FunctionalModel:
+    """Return ``model`` if it is already a :class:`FunctionalModel`, else wrap it."""
+    return model if isinstance(model, FunctionalModel) else FunctionalModel(model)

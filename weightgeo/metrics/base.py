@@ -1,0 +1,166 @@
+"""The Metric base class: a Riemannian metric G(θ) on weight space, given by G v.
+
+A subclass writes one method, the metric-vector product ``mvp(theta, v) = G(θ) v``.
+Everything else is derived here once: inner products, norms, the damped solve
+(G + μI)^{-1} g by conjugate gradients, the dense matrix (for tests and small
+models) and its diagonal. Subclasses that can bind work to θ (one forward pass
+shared by all products at the same θ) override :meth:`Metric.at`; subclasses
+with an exact inverse (a diagonal metric) override :meth:`MetricOperator.solve`.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from weightgeo.errors import WeightgeoError
+
+
+class Solution(NamedTuple):
+    """The result of a damped solve (G + μI) x = g.
+
+    ``residual`` is the relative residual ||g − (G + μI) x|| / ||g|| (a 0-dim tensor,
+    left on the device); ``products`` the number of metric-vector products spent.
+    """
+
+    x: Tensor
+    residual: Tensor
+    iterations: int
+    products: int
+
+
+def conjugate_gradient(
+    matvec, b: Tensor, maxiter: int = 20, tol: float = 1e-6, x0: Tensor | None = None
+) -> Solution:
+    """Solve A x = b for symmetric positive definite A given by ``matvec`` (Hestenes–Stiefel CG).
+
+    Stops after ``maxiter`` products or when ||r|| ≤ tol·||b||. The stop test reads one
+    scalar per iteration from the device (the only host sync in the loop).
+    """
+    if maxiter < 1:
+        raise WeightgeoError(f"CG needs at least one iteration, got maxiter={maxiter}")
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - matvec(x) if x0 is not None else b.clone()
+    products = 1 if x0 is not None else 0
+    p = r.clone()
+    rs = r @ r
+    b_norm = torch.linalg.vector_norm(b).clamp_min(torch.finfo(b.dtype).tiny)
+    threshold = (tol * b_norm) ** 2
+    iterations = 0
+    for iterations in range(1, maxiter + 1):  # noqa: B007 - the count is returned
+        if bool(rs <= threshold):  # stop test: one host sync per iteration
+            iterations -= 1
+            break
+        ap = matvec(p)
+        products += 1
+        curvature = p @ ap
+        alpha = rs / curvature
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = r @ r
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    return Solution(x, torch.sqrt(rs) / b_norm, iterations, products)
+
+
+class MetricOperator:
+    """G(θ) bound to one point θ: supports ``G @ v``, ``solve`` and ``dense``.
+
+    The base implementation calls ``metric.mvp(theta, v)`` for every product;
+    subclasses of :class:`Metric` return operators that reuse the forward pass.
+    """
+
+    def __init__(self, metric: Metric, theta: Tensor) -> None:
+        self.metric = metric
+        self.theta = theta
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = self.theta.numel()
+        return (n, n)
+
+    def __matmul__(self, v: Tensor) -> Tensor:
+        if v.dim() == 2:
+            return torch.stack([self @ column for column in v.unbind(1)], dim=1)
+        return self.metric.mvp(self.theta, v)
+
+    def inner(self, u: Tensor, v: Tensor | None = None) -> Tensor:
+        """g_θ(u, v) = uᵀ G v (v defaults to u)."""
+        v = u if v is None else v
+        return u @ (self @ v)
+
+    def solve(
+        self, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6
+    ) -> Solution:
+        """(G + damping·I)^{-1} g by conjugate gradients on products with this operator."""
+        if damping < 0:
+            raise WeightgeoError(f"damping must be ≥ 0, got {damping}")
+        return conjugate_gradient(lambda v: self @ v + damping * v, g, maxiter=maxiter, tol=tol)
+
+    def dense(self) -> Tensor:
+        """The n×n matrix G(θ), one product per column (small models only)."""
+        eye = torch.eye(self.shape[0], dtype=self.theta.dtype, device=self.theta.device)
+        return torch.stack([self @ e for e in eye.unbind(0)], dim=1)
+
+    def diagonal(self) -> Tensor:
+        """diag G(θ) (from :meth:`dense` unless a subclass knows better)."""
+        return torch.diagonal(self.dense())
+
+
+class Metric(ABC):
+    """A Riemannian metric on the weight space of one model.
+
+    Subclass and implement :meth:`mvp`. Metrics that depend on data keep their
+    inputs in ``self.inputs``; :meth:`with_inputs` returns a copy on a new batch
+    (a stochastic estimate of the same metric) without rebuilding anything.
+    Metrics average over the batch (mean over examples).
+    """
+
+    inputs: Tensor | None = None
+
+    @abstractmethod
+    def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
+        """The metric-vector product G(θ) v."""
+
+    def at(self, theta: Tensor) -> MetricOperator:
+        """G bound to θ; repeated products reuse what does not depend on v."""
+        return MetricOperator(self, theta)
+
+    def inner(self, theta: Tensor, u: Tensor, v: Tensor | None = None) -> Tensor:
+        """g_θ(u, v) = uᵀ G(θ) v (v defaults to u)."""
+        return self.at(theta).inner(u, v)
+
+    def norm(self, theta: Tensor, u: Tensor) -> Tensor:
+        """√(uᵀ G(θ) u)."""
+        return torch.sqrt(self.inner(theta, u).clamp_min(0))
+
+    def solve(
+        self,
+        theta: Tensor,
+        g: Tensor,
+        damping: float = 0.0,
+        maxiter: int = 20,
+        tol: float = 1e-6,
+    ) -> Solution:
+        """(G(θ) + damping·I)^{-1} g: CG on products at θ, or exact where a subclass can."""
+        return self.at(theta).solve(g, damping=damping, maxiter=maxiter, tol=tol)
+
+    def dense(self, theta: Tensor) -> Tensor:
+        """The n×n matrix G(θ) (small models and tests only)."""
+        return self.at(theta).dense()
+
+    def with_inputs(self, inputs: Tensor) -> Metric:
+        """The same metric evaluated on another batch of inputs."""
+        if self.inputs is None:
+            return self
+        other = copy.copy(self)
+        other.inputs = inputs
+        return other
+
+    def __repr__(self) -> str:
+        batch = "" if self.inputs is None else f"(batch={len(self.inputs)})"
+        return f"{type(self).__name__}{batch}"

@@ -1,0 +1,99 @@
+"""DiagonalFisher: the exact diagonal of the Fisher metric, with an exact solve.
+
+diag G = (1/B) Σ_x Σ_c p_c(x) (∂ log p_c(x)/∂θ)², because
+diag p − p pᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ and J_xᵀ (e_c − p) = ∇_θ log p_c(x).
+With ``targets`` it is the empirical Fisher's diagonal (1/B) Σ_x (∂ log p_y(x)/∂θ)².
+Per-example, per-class gradients come from ``torch.func.vmap`` over ``jacrev``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import jacrev, vmap
+
+from weightgeo.errors import WeightgeoError
+from weightgeo.functional import FunctionalModel, as_functional
+from weightgeo.metrics.base import Metric, MetricOperator, Solution
+
+
+class DiagonalOperator(MetricOperator):
+    """diag(d) bound to θ: products are elementwise, the damped solve is exact."""
+
+    def __init__(self, metric: Metric, theta: Tensor, diag: Tensor) -> None:
+        super().__init__(metric, theta)
+        self.diag = diag
+
+    def __matmul__(self, v: Tensor) -> Tensor:
+        return self.diag * v if v.dim() == 1 else self.diag[:, None] * v
+
+    def solve(self, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6):
+        denominator = self.diag + damping
+        if damping <= 0:
+            denominator = denominator.clamp_min(torch.finfo(g.dtype).tiny)
+        return Solution(g / denominator, torch.zeros((), device=g.device), 0, 0)
+
+    def dense(self) -> Tensor:
+        return torch.diag(self.diag)
+
+    def diagonal(self) -> Tensor:
+        return self.diag
+
+
+class DiagonalFisher(Metric):
+    """G = diag of the Fisher information of the softmax (or of the empirical Fisher).
+
+    Args:
+        model: the network (evaluated in eval mode, as for every pull-back metric).
+        inputs: the batch x (mean over examples).
+        targets: labels y; if given, the empirical Fisher's diagonal is used.
+        chunk_size: examples per vectorised chunk (memory ≈ chunk·classes·n floats).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | FunctionalModel,
+        inputs: Tensor,
+        targets: Tensor | None = None,
+        chunk_size: int = 16,
+    ) -> None:
+        self.model = as_functional(model)
+        if inputs.shape[0] == 0:
+            raise WeightgeoError("DiagonalFisher needs a non-empty batch of inputs")
+        if targets is not None and targets.shape[0] != inputs.shape[0]:
+            raise WeightgeoError("DiagonalFisher: inputs and targets differ in length")
+        self.inputs = inputs
+        self.targets = targets
+        self.chunk_size = chunk_size
+
+    def with_inputs(self, inputs: Tensor, targets: Tensor | None = None) -> DiagonalFisher:
+        if self.targets is not None and targets is None:
+            raise WeightgeoError("an empirical DiagonalFisher needs targets for its new inputs")
+        return DiagonalFisher(self.model, inputs, targets, self.chunk_size)
+
+    def diagonal(self, theta: Tensor) -> Tensor:
+        """diag G(θ), computed in chunks of examples."""
+        theta = theta.detach()
+        model = self.model
+
+        def log_probs(t: Tensor, x: Tensor) -> Tensor:
+            return model(t, x.unsqueeze(0)).log_softmax(dim=-1)[0]
+
+        per_example = vmap(jacrev(log_probs), in_dims=(None, 0))
+        total = torch.zeros_like(theta)
+        for start in range(0, self.inputs.shape[0], self.chunk_size):
+            x = self.inputs[start : start + self.chunk_size]
+            grads = per_example(theta, x)  # chunk × C × n: ∇ log p_c(x)
+            if self.targets is None:
+                p = model(theta, x).softmax(dim=-1)
+                total += torch.einsum("bc,bcn->n", p, grads.square())
+            else:
+                y = self.targets[start : start + self.chunk_size]
+                total += grads[torch.arange(len(y), device=y.device), y].square().sum(0)
+        return total / self.inputs.shape[0]
+
+    def at(self, theta: Tensor) -> DiagonalOperator:
+        return DiagonalOperator(self, theta, self.diagonal(theta))
+
+    def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
+        return self.diagonal(theta) * v

@@ -1,0 +1,18 @@
+"""OutputMetric: the Euclidean metric on the logits pulled back to weights (the papers' metric).
+
+G(θ) = (1/B) Σ_x J_xᵀ J_x, so that dθᵀ G dθ is the mean squared change of the
+logits caused by a step dθ (Raghavan & Thomson 2021, §2).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from weightgeo.metrics.pullback import PullbackMetric
+
+
+class OutputMetric(PullbackMetric):
+    """G = (1/B) Σ_x J_xᵀ J_x with J_x the Jacobian of the logits: H = I."""
+
+    def output_product(self, logits: Tensor, u: Tensor) -> Tensor:
+        return u

@@ -1,0 +1,76 @@
+"""Pull-back metrics G(θ) = (1/B) Σ_x J_xᵀ H(f(x; θ)) J_x through the network's Jacobian.
+
+J_x = ∂f(x; θ)/∂θ is the Jacobian of the logits. Products are matrix-free with
+torch.func: at a point θ one reverse-mode linearisation ``vjp`` is recorded, and
+J v is obtained as the vjp of that (linear) vjp map — the "double-vjp" trick — so
+every later product G v = Jᵀ H (J v) costs about one backward pass of the
+recorded graph plus one backward of the backward, with no new forward pass.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from torch import Tensor, nn
+from torch.func import vjp
+
+from weightgeo.errors import WeightgeoError
+from weightgeo.functional import FunctionalModel, as_functional
+from weightgeo.metrics.base import Metric, MetricOperator
+
+
+class PullbackOperator(MetricOperator):
+    """G(θ) = (1/B) Jᵀ H J at one θ, with the forward pass and the linearisation shared."""
+
+    def __init__(self, metric: PullbackMetric, theta: Tensor) -> None:
+        super().__init__(metric, theta)
+        metric.model.check(theta)
+        theta = theta.detach()
+        inputs = metric.inputs
+        self.logits, self._pullback = vjp(lambda t: metric.model(t, inputs), theta)
+        zeros = torch.zeros_like(self.logits)
+        # u ↦ Jᵀu is linear, so its own vjp at any u is v ↦ J v.
+        _, self._pushforward = vjp(lambda u: self._pullback(u)[0], zeros)
+
+    def jvp(self, v: Tensor) -> Tensor:
+        """J v: the change of the logits (B×C) caused by the weight change v."""
+        return self._pushforward(v)[0]
+
+    def vjp(self, u: Tensor) -> Tensor:
+        """Jᵀ u for a cotangent u on the logits (B×C)."""
+        return self._pullback(u)[0]
+
+    def __matmul__(self, v: Tensor) -> Tensor:
+        if v.dim() == 2:
+            return super().__matmul__(v)
+        metric: PullbackMetric = self.metric  # type: ignore[assignment]
+        jv = self.jvp(v)
+        return self.vjp(metric.output_product(self.logits, jv)) / jv.shape[0]
+
+
+class PullbackMetric(Metric):
+    """Base of the metrics pulled back from the logits: subclasses give H u per example.
+
+    Args:
+        model: the network (an ``nn.Module`` or a :class:`FunctionalModel`); evaluated
+            in eval mode (dropout off, batch norm on its running statistics), so no
+            buffer changes and train-mode batch norm cannot break the transforms.
+        inputs: the batch x over which G is averaged (mean over examples).
+    """
+
+    def __init__(self, model: nn.Module | FunctionalModel, inputs: Tensor) -> None:
+        self.model = as_functional(model)
+        if not isinstance(inputs, Tensor) or inputs.shape[0] == 0:
+            raise WeightgeoError("a pull-back metric needs a non-empty batch of inputs")
+        self.inputs = inputs
+
+    @abstractmethod
+    def output_product(self, logits: Tensor, u: Tensor) -> Tensor:
+        """H(f) u for each example: logits and u are B×C; not divided by B."""
+
+    def at(self, theta: Tensor) -> PullbackOperator:
+        return PullbackOperator(self, theta)
+
+    def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
+        return self.at(theta) @ v
