@@ -1,0 +1,49 @@
+"""Shared fixtures: small float64 models as data (a table of cases), and reproducible seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class TinyCNN(nn.Module):
+    """Conv + (optional) batch norm + max-pool + linear: the CNN case of the metric tests."""
+
+    def __init__(self, batch_norm: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.norm = nn.BatchNorm2d(3) if batch_norm else nn.Identity()
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(3 * 3 * 3, 4)
+
+    def forward(self, x):
+        return self.head(self.pool(torch.tanh(self.norm(self.conv(x)))).flatten(1))
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+
+
+MODEL_CASES = {
+    # name: (builder, input shape)
+    "mlp": (_mlp, (5,)),
+    "cnn": (lambda: TinyCNN(False), (1, 8, 8)),
+    "cnn-bn": (lambda: TinyCNN(True), (1, 8, 8)),
+}
+
+
+@pytest.fixture(params=sorted(MODEL_CASES))
+def model_case(request):
+    """(name, float64 model, float64 inputs batch of 7) for every small model of the table."""
+    torch.manual_seed(0)
+    build, shape = MODEL_CASES[request.param]
+    model = build().double()
+    if isinstance(getattr(model, "norm", None), nn.BatchNorm2d):
+        # non-trivial running statistics, so eval-mode batch norm is not the identity
+        model.norm.running_mean.uniform_(-0.5, 0.5)
+        model.norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(7, *shape, dtype=torch.float64)
+    return request.param, model, x

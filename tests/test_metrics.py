@@ -1,0 +1,228 @@
+"""Metric-vector products against dense Jacobians, in float64, for every model of the table."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import jacrev
+
+from weightgeo import DiagonalFisher, Euclidean, FisherMetric, FunctionalModel, OutputMetric
+from weightgeo.errors import WeightgeoError
+from weightgeo.metrics import Metric, build_metric, conjugate_gradient
+
+
+def dense_jacobian(fmodel, theta, x):
+    """B×C×n Jacobian of the logits (the reference)."""
+    return jacrev(lambda t: fmodel(t, x))(theta)
+
+
+def dense_output_metric(fmodel, theta, x):
+    J = dense_jacobian(fmodel, theta, x)
+    return torch.einsum("bcn,bcm->nm", J, J) / x.shape[0]
+
+
+def dense_fisher(fmodel, theta, x):
+    J = dense_jacobian(fmodel, theta, x)
+    p = fmodel(theta, x).softmax(-1)
+    H = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    return torch.einsum("bcn,bcd,bdm->nm", J, H, J) / x.shape[0]
+
+
+def rel(a, b):
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+@pytest.mark.parametrize(
+    "metric_cls, reference", [(OutputMetric, dense_output_metric), (FisherMetric, dense_fisher)]
+)
+def test_pullback_products_match_dense_jacobian(model_case, metric_cls, reference):
+    _, model, x = model_case
+    fmodel = FunctionalModel(model)
+    theta = fmodel.theta()
+    G = reference(fmodel, theta, x)
+    metric = metric_cls(model, x)
+    torch.manual_seed(1)
+    for _ in range(3):  # repeated products at one θ give the right answer each time
+        v = torch.randn_like(theta)
+        assert rel(metric.mvp(theta, v), G @ v) < 1e-8
+    op = metric.at(theta)
+    V = torch.randn(theta.numel(), 4, dtype=theta.dtype)
+    assert rel(op @ V, G @ V) < 1e-8
+    assert rel(op @ V[:, 0], G @ V[:, 0]) < 1e-8
+    assert rel(metric.dense(theta), G) < 1e-8
+    # symmetric positive semi-definite, and the inner product is vᵀGv
+    assert rel(G, G.T) < 1e-12
+    v = V[:, 1]
+    assert abs(float(metric.inner(theta, v)) - float(v @ G @ v)) < 1e-8 * float(v @ G @ v)
+    assert abs(float(metric.norm(theta, v)) ** 2 - float(v @ G @ v)) < 1e-8 * float(v @ G @ v)
+
+
+def test_fisher_is_the_ggn_of_cross_entropy(model_case):
+    """Jᵀ H J with H the Hessian of the cross-entropy in the logits (H does not depend on y)."""
+    _, model, x = model_case
+    fmodel = FunctionalModel(model)
+    theta = fmodel.theta()
+    z = fmodel(theta, x)
+    y = torch.zeros(x.shape[0], dtype=torch.long)
+    H = torch.func.hessian(lambda logits: torch.nn.functional.cross_entropy(logits, y, reduction="sum"))(z)
+    J = dense_jacobian(fmodel, theta, x)
+    ggn = torch.einsum("bcn,bcad,adm->nm", J, H, J) / x.shape[0]
+    assert rel(FisherMetric(model, x).dense(theta), ggn) < 1e-8
+
+
+def test_diagonal_fisher_is_the_exact_diagonal(model_case):
+    _, model, x = model_case
+    theta = FunctionalModel(model).theta()
+    full = FisherMetric(model, x).dense(theta)
+    diag = DiagonalFisher(model, x, chunk_size=3).diagonal(theta)
+    assert float((diag - torch.diagonal(full)).abs().max()) < 1e-8 * float(full.abs().max())
+    g = torch.randn_like(theta)
+    sol = DiagonalFisher(model, x).solve(theta, g, damping=0.1)
+    assert rel(sol.x, g / (torch.diagonal(full) + 0.1)) < 1e-10
+
+
+def test_empirical_diagonal_fisher(model_case):
+    _, model, x = model_case
+    fmodel = FunctionalModel(model)
+    theta = fmodel.theta()
+    y = torch.arange(x.shape[0]) % 3
+    grads = torch.stack(
+        [
+            torch.func.grad(lambda t: fmodel(t, x[i : i + 1]).log_softmax(-1)[0, y[i]])(theta)
+            for i in range(x.shape[0])
+        ]
+    )
+    expected = grads.square().mean(0)
+    assert rel(DiagonalFisher(model, x, targets=y).diagonal(theta), expected) < 1e-10
+
+
+@pytest.mark.parametrize("name", ["output", "fisher"])
+def test_damped_solve_matches_dense_solve(model_case, name):
+    _, model, x = model_case
+    theta = FunctionalModel(model).theta()
+    metric = build_metric(name, model, x)
+    G = metric.dense(theta)
+    g = torch.randn_like(theta)
+    sol = metric.solve(theta, g, damping=0.05, maxiter=500, tol=1e-12)
+    expected = torch.linalg.solve(G + 0.05 * torch.eye(len(theta), dtype=G.dtype), g)
+    assert rel(sol.x, expected) < 1e-6
+    assert float(sol.residual) < 1e-10
+    assert sol.products == sol.iterations
+    # a capped solve reports the residual it stopped at
+    capped = metric.solve(theta, g, damping=0.05, maxiter=2)
+    true_residual = rel((G + 0.05 * torch.eye(len(theta), dtype=G.dtype)) @ capped.x, g)
+    assert abs(float(capped.residual) - true_residual) < 1e-8
+    assert capped.iterations == 2
+
+
+def test_euclidean_metric():
+    theta = torch.randn(6, dtype=torch.float64)
+    v = torch.randn(6, dtype=torch.float64)
+    metric = Euclidean()
+    assert torch.equal(metric.mvp(theta, v), v)
+    assert torch.allclose(metric.dense(theta), torch.eye(6, dtype=torch.float64))
+    assert torch.allclose(metric.solve(theta, v, damping=1.0).x, v / 2)
+
+
+def test_batch_norm_in_train_mode_is_evaluated_without_side_effects():
+    """A train-mode BN model: products work and its running statistics stay unchanged."""
+    from tests.conftest import TinyCNN
+
+    torch.manual_seed(0)
+    model = TinyCNN(batch_norm=True).double().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    theta = FunctionalModel(model).theta()
+    v = torch.randn_like(theta)
+    for metric in (OutputMetric(model, x), FisherMetric(model, x), DiagonalFisher(model, x)):
+        out = metric.mvp(theta, v)
+        assert torch.isfinite(out).all()
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_dropout_is_off_inside_products():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3)).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    theta = FunctionalModel(model).theta()
+    v = torch.randn_like(theta)
+    metric = OutputMetric(model, x)
+    assert torch.equal(metric.mvp(theta, v), metric.mvp(theta, v))
+
+
+def test_with_inputs_reestimates_on_a_new_batch(model_case):
+    _, model, x = model_case
+    fmodel = FunctionalModel(model)
+    theta = fmodel.theta()
+    x2 = torch.randn_like(x)
+    metric = OutputMetric(model, x)
+    other = metric.with_inputs(x2)
+    assert other is not metric and metric.inputs is x and other.model is metric.model
+    assert rel(other.dense(theta), dense_output_metric(fmodel, theta, x2)) < 1e-8
+
+
+def test_mean_over_batch_makes_duplicated_batches_equal(model_case):
+    _, model, x = model_case
+    theta = FunctionalModel(model).theta()
+    v = torch.randn_like(theta)
+    single = OutputMetric(model, x).mvp(theta, v)
+    doubled = OutputMetric(model, torch.cat([x, x])).mvp(theta, v)
+    assert rel(doubled, single) < 1e-12
+
+
+def test_conjugate_gradient_on_a_known_system():
+    A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    b = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    sol = conjugate_gradient(lambda v: A @ v, b, maxiter=10, tol=1e-14)
+    assert torch.allclose(sol.x, torch.tensor([1 / 11, 7 / 11], dtype=torch.float64))
+    assert sol.iterations == 2  # CG is exact in n steps
+    with pytest.raises(WeightgeoError):
+        conjugate_gradient(lambda v: A @ v, b, maxiter=0)
+
+
+def test_negative_damping_is_refused(model_case):
+    _, model, x = model_case
+    theta = FunctionalModel(model).theta()
+    with pytest.raises(WeightgeoError, match="damping"):
+        OutputMetric(model, x).solve(theta, torch.randn_like(theta), damping=-1.0)
+
+
+def test_unknown_metric_name():
+    with pytest.raises(WeightgeoError, match="unknown metric 'nope'"):
+        build_metric("nope", torch.nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+# -- the README's example of a user-defined metric (kept identical to README.md) ----------
+README_EXAMPLE = '''
+import torch
+from weightgeo.metrics import Metric
+
+class ScaledEuclidean(Metric):
+    """G = diag(s): a fixed positive weight per coordinate."""
+
+    def __init__(self, scales: torch.Tensor) -> None:
+        self.scales = scales
+
+    def mvp(self, theta, v):
+        return self.scales * v
+'''
+
+
+def test_readme_custom_metric_example():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert README_EXAMPLE.strip() in readme, "the README's custom-metric example changed: update the test"
+    namespace: dict = {}
+    exec(README_EXAMPLE, namespace)
+    scales = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    metric = namespace["ScaledEuclidean"](scales)
+    assert isinstance(metric, Metric)
+    theta = torch.zeros(3, dtype=torch.float64)
+    g = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    sol = metric.solve(theta, g, damping=0.0, maxiter=10, tol=1e-14)  # CG, derived by the base
+    assert torch.allclose(sol.x, 1 / scales)
+    assert torch.allclose(metric.dense(theta), torch.diag(scales))
+    assert float(metric.norm(theta, g)) == pytest.approx(7**0.5)
