@@ -86,12 +86,11 @@ def test_empirical_diagonal_fisher(model_case):
     fmodel = FunctionalModel(model)
     theta = fmodel.theta()
     y = torch.arange(x.shape[0]) % 3
-    grads = torch.stack(
-        [
-            torch.func.grad(lambda t: fmodel(t, x[i : i + 1]).log_softmax(-1)[0, y[i]])(theta)
-            for i in range(x.shape[0])
-        ]
-    )
+
+    def log_likelihood(t, i):
+        return fmodel(t, x[i : i + 1]).log_softmax(-1)[0, y[i]]
+
+    grads = torch.stack([torch.func.grad(log_likelihood)(theta, i) for i in range(x.shape[0])])
     expected = grads.square().mean(0)
     assert rel(DiagonalFisher(model, x, targets=y).diagonal(theta), expected) < 1e-10
 

@@ -169,6 +169,7 @@ def traverse(
                 "metric_length": scale * metric_sq.sqrt(),
                 "euclidean_length": scale * euclid,
                 "cg_residual": solution.residual,
+                "cg_products": solution.products,
             }
             steps_taken += 1
             bar.update(1)

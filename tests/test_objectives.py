@@ -1,0 +1,81 @@
+"""Objectives: values, gradients against finite differences, sums, stop tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from weightgeo import FunctionalModel, TargetPoint, TaskLoss
+from weightgeo.objectives import Sum
+
+
+def finite_difference(objective, theta, eps=1e-6, n=6):
+    torch.manual_seed(3)
+    directions = torch.randn(n, theta.numel(), dtype=theta.dtype)
+    grad = objective.grad(theta)
+    for d in directions:
+        numeric = (objective.value(theta + eps * d) - objective.value(theta - eps * d)) / (2 * eps)
+        assert float(numeric) == pytest.approx(float(grad @ d), rel=1e-6, abs=1e-9)
+
+
+def test_target_point():
+    theta = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    target = torch.tensor([1.0, 0.0, 3.0], dtype=torch.float64)
+    objective = TargetPoint(target, tol=1e-3)
+    assert float(objective.value(theta)) == pytest.approx(2.0)
+    assert torch.allclose(objective.grad(theta), theta - target)
+    assert not objective.done(theta) and objective.done(target)
+    assert objective.cost == 0
+    finite_difference(objective, theta)
+    step = torch.tensor([0.0, -5.0, 0.0], dtype=torch.float64)
+    assert float(objective.step_limit(theta, step)) == pytest.approx(0.4)  # lands on the target
+
+
+def test_task_loss_fixed_batch_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    theta = FunctionalModel(model).theta()
+    objective = TaskLoss(model, (x, y))
+    assert float(objective.value(theta)) == pytest.approx(float(nn.functional.cross_entropy(model(x), y)))
+    finite_difference(objective, theta)
+    assert objective.cost == 1
+
+
+def test_task_loss_draws_fresh_batches_and_restarts():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2).double()
+    theta = FunctionalModel(model).theta()
+    batches = [(torch.randn(3, 2, dtype=torch.float64), torch.tensor([0, 1, 0])) for _ in range(2)]
+    objective = TaskLoss(model, batches)
+    values = [float(objective.value(theta)) for _ in range(4)]
+    assert values[0] != values[1]
+    assert values[0] == values[2] and values[1] == values[3]
+
+
+def test_task_loss_target_accuracy_stop():
+    model = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    objective = TaskLoss(model, (x, torch.tensor([0, 1])), target_accuracy=1.0)
+    theta = FunctionalModel(model).theta()
+    assert not objective.done(theta)  # nothing evaluated yet
+    objective.value_and_grad(theta)
+    assert objective.done(theta)
+
+
+def test_weighted_sums():
+    theta = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    a = TargetPoint(torch.zeros(2, dtype=torch.float64))
+    b = TargetPoint(torch.ones(2, dtype=torch.float64))
+    total = 0.5 * a + b
+    assert isinstance(total, Sum)
+    assert float(total.value(theta)) == pytest.approx(0.5 * 1.0 + 2.0)
+    value, grad = total.value_and_grad(theta)
+    assert torch.allclose(grad, 0.5 * theta + (theta - 1))
+    assert float(value) == pytest.approx(float(total.value(theta)))
+    nested = 2 * total
+    assert [w for w, _ in nested.terms] == [1.0, 2.0]
+    finite_difference(total, theta)

@@ -1,0 +1,185 @@
+"""Paths and tracers: lengths, straight lines, persistence and resumption, fip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from weightgeo import (
+    Euclidean,
+    FunctionalModel,
+    OutputMetric,
+    Path,
+    TargetPoint,
+    TaskLoss,
+    WeightSpace,
+    fip,
+    traverse,
+)
+from weightgeo.errors import WeightgeoError
+from weightgeo.paths import output_distance
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 4)).double()
+    fmodel = FunctionalModel(model)
+    theta_a = fmodel.theta()
+    theta_b = theta_a + 0.5 * torch.randn_like(theta_a)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    return model, fmodel, theta_a, theta_b, x
+
+
+def test_euclidean_traverse_is_the_straight_line(net):
+    model, _, theta_a, theta_b, _ = net
+    space = WeightSpace(model, Euclidean(), damping=0.0)
+    path = traverse(space, TargetPoint(theta_b, tol=1e-10), step_size=0.05, max_steps=10_000,
+                    start=theta_a, save_every=1)
+    assert path.stop_reason == "done"
+    assert torch.allclose(path.end, theta_b, atol=1e-10)
+    distance = float(torch.linalg.vector_norm(theta_b - theta_a))
+    assert path.euclidean_length == pytest.approx(distance, rel=1e-9)
+    assert path.metric_length == pytest.approx(distance, rel=1e-9)
+    direction = (theta_b - theta_a) / distance
+    for _, theta in path.waypoints():
+        offset = theta - theta_a
+        residual = offset - (offset @ direction) * direction  # collinear with θ_b − θ_a
+        assert float(torch.linalg.vector_norm(residual)) < 1e-10
+    assert len(path) == int(distance // 0.05) + 2
+
+
+def test_output_metric_lengths_match_dense_metric(net):
+    model, fmodel, theta_a, theta_b, x = net
+    metric = OutputMetric(model, x)
+    space = WeightSpace(model, metric, damping=1e-2, cg_maxiter=200, cg_tol=1e-12)
+    path = traverse(space, TargetPoint(theta_b), step_size=0.02, max_steps=5, start=theta_a, save_every=1)
+    thetas = [t for _, t in path.waypoints()]
+    for k in range(1, len(thetas)):
+        step = thetas[k] - thetas[k - 1]
+        G = metric.dense(thetas[k - 1])
+        expected = float(step @ G @ step) ** 0.5
+        assert path.records[k]["metric_length"] == pytest.approx(expected, rel=1e-6)
+        assert path.records[k]["euclidean_length"] == pytest.approx(0.02, rel=1e-9)
+    # grad evals: 0 for the target point, one per CG product
+    products = [r["cg_products"] for r in path.records[1:]]
+    assert path.grad_evals == sum(products) and all(p > 1 for p in products)
+
+
+def test_metric_step_norm(net):
+    model, _, theta_a, theta_b, x = net
+    space = WeightSpace(model, OutputMetric(model, x), damping=1e-2, cg_maxiter=100, cg_tol=1e-12)
+    path = traverse(space, TargetPoint(theta_b), step_size=0.01, max_steps=3, start=theta_a, step_norm="metric")
+    assert all(r["metric_length"] == pytest.approx(0.01, rel=1e-6) for r in path.records[1:])
+
+
+def test_path_streams_to_disk_and_loads_back(net, tmp_path):
+    model, _, theta_a, theta_b, x = net
+    space = WeightSpace(model, OutputMetric(model, x), damping=1e-2)
+    path = traverse(space, TargetPoint(theta_b), step_size=0.01, max_steps=23, start=theta_a,
+                    directory=tmp_path / "p", save_every=5,
+                    evaluate=lambda t: {"norm": float(t.norm())}, evaluate_every=10)
+    assert path.saved_points == [0, 5, 10, 15, 20, 23]
+    lines = (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 24 and json.loads(lines[10])["norm"] == pytest.approx(float(path.waypoint(10).norm()))
+    assert "norm" in path.records[23]  # the last point is always evaluated
+    loaded = Path.load(tmp_path / "p")
+    assert torch.equal(loaded.end, path.end) and torch.equal(loaded.start, path.start)
+    assert loaded.euclidean_length == pytest.approx(path.euclidean_length)
+    assert loaded.stop_reason == "max-steps"
+    assert torch.equal(loaded.waypoint(15), path.waypoint(15))
+
+
+def test_interrupted_path_resumes_from_last_waypoint(net, tmp_path):
+    model, _, theta_a, theta_b, x = net
+    space = WeightSpace(model, Euclidean(), damping=0.0)
+    objective = TargetPoint(theta_b, tol=1e-10)
+
+    def interrupt(k, theta, path):
+        if k == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        traverse(space, objective, step_size=0.05, max_steps=1000, start=theta_a,
+                 directory=tmp_path / "p", save_every=5, callback=interrupt)
+    resumed = Path.resume(tmp_path / "p")
+    assert len(resumed) == 11 and resumed.saved_points[-1] == 10  # points 11, 12 are redone
+    path = traverse(space, objective, step_size=0.05, max_steps=1000, path=resumed)
+    reference = traverse(space, objective, step_size=0.05, max_steps=1000, start=theta_a)
+    assert path.stop_reason == "done" and len(path) == len(reference)
+    assert torch.allclose(path.end, reference.end)
+    assert Path.load(tmp_path / "p").euclidean_length == pytest.approx(reference.euclidean_length)
+
+
+def test_in_memory_path_keeps_only_saved_waypoints(net):
+    model, _, theta_a, theta_b, _ = net
+    path = traverse(WeightSpace(model), TargetPoint(theta_b), step_size=0.001, max_steps=100,
+                    start=theta_a, save_every=50)
+    assert path.saved_points == [0, 50, 100]
+    with pytest.raises(WeightgeoError, match="not saved"):
+        path.waypoint(7)
+
+
+def test_non_finite_objective_stops_and_keeps_last_good_point(net):
+    model, _, theta_a, _, _ = net
+
+    class Explodes(TargetPoint):
+        def value_and_grad(self, theta):
+            value, grad = super().value_and_grad(theta)
+            if float(torch.linalg.vector_norm(theta - self.start)) > 0.3:
+                return torch.tensor(float("nan"), dtype=theta.dtype), grad
+            return value, grad
+
+    objective = Explodes(theta_a + 10.0)
+    objective.start = theta_a
+    path = traverse(WeightSpace(model), objective, step_size=0.1, max_steps=100, start=theta_a)
+    assert path.stop_reason == "non-finite"
+    assert torch.isfinite(path.end).all()
+
+
+def test_budget_stops_traverse(net):
+    model, _, theta_a, theta_b, x = net
+    space = WeightSpace(model, OutputMetric(model, x), cg_maxiter=5)
+    path = traverse(space, TargetPoint(theta_b), step_size=0.01, max_steps=1000, start=theta_a, budget=23)
+    assert path.stop_reason == "budget" and path.grad_evals <= 23
+
+
+def test_traverse_refuses_bad_settings(net):
+    model, _, theta_a, theta_b, _ = net
+    space = WeightSpace(model)
+    for bad in (0, -1.0, float("nan"), "abc"):
+        with pytest.raises(WeightgeoError, match="step_size"):
+            traverse(space, TargetPoint(theta_b), step_size=bad)
+    with pytest.raises(WeightgeoError, match="length"):
+        traverse(space, TargetPoint(theta_b), start=theta_a[:2])
+
+
+def test_fip_keeps_outputs_and_reduces_objective(net):
+    model, fmodel, theta_a, theta_b, x = net
+    y = torch.randint(0, 4, (16,))
+    objective = TaskLoss(model, (x, y))
+    path = fip(model, objective, x, start=theta_a, lam=1.0, lr=0.05, max_steps=30, distance="squared")
+    assert path.grad_evals == 30 * 2 + 1  # D and the task loss per step, and the last objective
+    assert path.column("objective")[-1] < path.column("objective")[0]
+    # frozen reference: the distance is measured to θ_a's outputs
+    assert float(output_distance(fmodel(theta_a, x), fmodel(theta_a, x))) == 0.0
+    p = torch.tensor([[0.0, 0.0]])
+    assert float(output_distance(p, p, "bhattacharyya")) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fip_normalized_steps_have_length_lr(net):
+    model, _, theta_a, theta_b, x = net
+    path = fip(model, TargetPoint(theta_b), x, start=theta_a, lr=0.01, momentum=0.0, max_steps=5, normalize=True)
+    assert all(r["euclidean_length"] == pytest.approx(0.01, rel=1e-9) for r in path.records[1:])
+    assert path.grad_evals == 5
+
+
+def test_fip_refuses_unknown_settings(net):
+    model, _, _, theta_b, x = net
+    with pytest.raises(WeightgeoError, match="distance"):
+        fip(model, TargetPoint(theta_b), x, distance="kl")
+    with pytest.raises(WeightgeoError, match="optimizer"):
+        fip(model, TargetPoint(theta_b), x, optimizer="lbfgs")

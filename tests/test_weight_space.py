@@ -1,0 +1,148 @@
+"""WeightSpace as a geoopt manifold: metric, natural gradient, masks, checks, optimisers."""
+
+from __future__ import annotations
+
+import geoopt
+import pytest
+import torch
+from torch import nn
+
+from weightgeo import Euclidean, FunctionalModel, OutputMetric, WeightSpace
+from weightgeo.errors import WeightgeoError
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(9, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (9,))
+    fmodel = FunctionalModel(model)
+    return model, fmodel, x, y, fmodel.theta()
+
+
+def test_inner_norm_and_natural_gradient(setup):
+    model, fmodel, x, _, theta = setup
+    metric = OutputMetric(model, x)
+    space = WeightSpace(model, metric, damping=0.1, cg_maxiter=200, cg_tol=1e-12)
+    G = metric.dense(theta)
+    u, v = torch.randn_like(theta), torch.randn_like(theta)
+    assert float(space.inner(theta, u, v)) == pytest.approx(float(u @ G @ v), rel=1e-10)
+    assert float(space.norm(theta, u)) == pytest.approx(float(u @ G @ u) ** 0.5, rel=1e-10)
+    expected = torch.linalg.solve(G + 0.1 * torch.eye(len(theta), dtype=G.dtype), u)
+    assert torch.allclose(space.egrad2rgrad(theta, u), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_riemannian_sgd_is_natural_gradient_descent(setup):
+    model, fmodel, x, y, theta = setup
+    metric = OutputMetric(model, x)
+    space = WeightSpace(model, metric, damping=0.1, cg_maxiter=200, cg_tol=1e-12)
+    point = geoopt.ManifoldParameter(theta.clone(), manifold=space)
+    optimizer = geoopt.optim.RiemannianSGD([point], lr=0.3)
+    loss = nn.functional.cross_entropy(fmodel(point, x), y)
+    loss.backward()
+    grad = point.grad.clone()
+    optimizer.step()
+    G = metric.dense(theta)
+    expected = theta - 0.3 * torch.linalg.solve(G + 0.1 * torch.eye(len(theta), dtype=G.dtype), grad)
+    assert torch.allclose(point.detach(), expected, rtol=1e-6, atol=1e-9)
+    # and a few steps decrease the loss
+    for _ in range(5):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(fmodel(point, x), y).backward()
+        optimizer.step()
+    assert float(nn.functional.cross_entropy(fmodel(point.detach(), x), y)) < float(loss.detach())
+
+
+def test_riemannian_sgd_with_momentum_runs_and_stays_on_mask(setup):
+    model, fmodel, x, y, theta = setup
+    mask = (torch.rand_like(theta) > 0.5).double()
+    space = WeightSpace(model, OutputMetric(model, x), damping=0.1, mask=mask)
+    point = geoopt.ManifoldParameter(space.projx(theta), manifold=space)
+    optimizer = geoopt.optim.RiemannianSGD([point], lr=0.1, momentum=0.9)
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(fmodel(point, x), y).backward()
+        optimizer.step()
+    assert torch.all(point.detach()[mask == 0] == 0)
+
+
+def test_masked_space_restricts_the_metric(setup):
+    model, fmodel, x, _, theta = setup
+    metric = OutputMetric(model, x)
+    mask = (torch.arange(len(theta)) % 3 != 0).double()
+    space = WeightSpace(model, metric, damping=0.05, mask=mask, cg_maxiter=500, cg_tol=1e-13)
+    G = metric.dense(theta)
+    P = torch.diag(mask)
+    g = torch.randn_like(theta)
+    free = mask.bool()
+    sub = G[free][:, free] + 0.05 * torch.eye(int(free.sum()), dtype=G.dtype)
+    expected = torch.zeros_like(theta)
+    expected[free] = torch.linalg.solve(sub, g[free])
+    got = space.egrad2rgrad(theta, g)
+    assert torch.allclose(got, expected, rtol=1e-6, atol=1e-9)
+    assert torch.all(got[~free] == 0)
+    assert torch.equal(space.projx(theta), theta * mask)
+    assert torch.equal(space.projx(space.projx(theta)), space.projx(theta))  # idempotent
+    u = torch.randn_like(theta)
+    assert float(space.inner(theta, u)) == pytest.approx(float(u @ P @ G @ P @ u), rel=1e-10)
+
+
+def test_retraction_and_euclidean_distance(setup):
+    model, _, _, _, theta = setup
+    space = WeightSpace(model)
+    u = torch.randn_like(theta)
+    y = space.retr(theta, u)
+    assert torch.allclose(y, theta + u)
+    assert float(space.dist(theta, y)) == pytest.approx(float(space.norm(theta, u)), rel=1e-12)
+    assert torch.allclose(space.expmap(theta, u), y)
+
+
+def test_dist_is_refused_where_undefined(setup):
+    model, _, x, _, theta = setup
+    space = WeightSpace(model, OutputMetric(model, x))
+    with pytest.raises(WeightgeoError, match="no closed form"):
+        space.dist(theta, theta + 1)
+
+
+def test_readable_point_checks(setup):
+    model, _, _, _, theta = setup
+    space = WeightSpace(model)
+    ok, reason = space.check_point_on_manifold(theta, explain=True)
+    assert ok and reason is None
+    ok, reason = space.check_point_on_manifold(theta[:-1], explain=True)
+    assert not ok and f"length {len(theta)}" in reason
+    ok, reason = space.check_point_on_manifold(theta.float(), explain=True)
+    assert not ok and "dtype" in reason
+    ok, reason = space.check_point_on_manifold(torch.zeros(len(theta), dtype=torch.long), explain=True)
+    assert not ok and "floating-point" in reason
+    masked = space.with_mask(torch.zeros_like(theta))
+    ok, reason = masked.check_point_on_manifold(theta, explain=True)
+    assert not ok and "outside the mask" in reason
+    with pytest.raises(WeightgeoError, match="length"):
+        space.check(theta[:3])
+    with pytest.raises(WeightgeoError, match="damping"):
+        WeightSpace(model, damping=-1)
+    with pytest.raises(WeightgeoError, match="mask must have length"):
+        WeightSpace(model, mask=torch.ones(3))
+
+
+def test_variants_keep_settings(setup):
+    model, _, x, _, theta = setup
+    space = WeightSpace(model, Euclidean(), damping=0.2, cg_maxiter=7)
+    other = space.with_metric(OutputMetric(model, x))
+    assert other.damping == 0.2 and other.cg_maxiter == 7 and isinstance(other.metric, OutputMetric)
+    assert space.with_inputs(x).metric is space.metric  # Euclidean has no inputs
+    assert other.with_inputs(x[:3]).metric.inputs.shape[0] == 3
+
+
+def test_user_module_is_never_mutated(setup):
+    model, _, x, y, theta = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    space = WeightSpace(model, OutputMetric(model, x))
+    space.egrad2rgrad(theta, torch.randn_like(theta))
+    fm = FunctionalModel(model)
+    fm(theta + 1, x)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert all(p.requires_grad for p in model.parameters())
