@@ -47,3 +47,19 @@ def model_case(request):
         model.norm.running_var.uniform_(0.5, 2.0)
     x = torch.randn(7, *shape, dtype=torch.float64)
     return request.param, model, x
+
+
+@pytest.fixture(scope="session")
+def mnist5k_mlps(tmp_path_factory):
+    """Two default MLPs trained on mnist5k from seeds 0 and 1 (8 epochs each), shared by the suite.
+
+    Returns {"a": result, "b": result}: ``weightgeo.workflows.train_model`` dicts with
+    "theta", "model", "test_accuracy" and "checkpoint" (a run directory's model.pt).
+    """
+    from weightgeo.workflows import train_model
+
+    root = tmp_path_factory.mktemp("mnist5k_mlps")
+    return {
+        name: train_model("mlp", "mnist5k", root / name, epochs=8, seed=seed, device="cpu")
+        for name, seed in (("a", 0), ("b", 1))
+    }

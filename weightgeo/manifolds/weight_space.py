@@ -15,10 +15,16 @@ not in each optimiser loop.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
-import geoopt
 import torch
+
+with warnings.catch_warnings():
+    # geoopt 0.5 scripts helpers with torch.jit at import, which torch ≥ 2.10 deprecates:
+    # a dependency's notice, not the user's to act on.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    import geoopt
 from torch import Tensor, nn
 
 from weightgeo.errors import WeightgeoError
