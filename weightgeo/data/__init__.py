@@ -9,5 +9,7 @@ the real file formats for tests.
 from weightgeo.data.augment import augment_batch
 from weightgeo.data.core import Data
 from weightgeo.data.datasets import DATASET_NAMES, DEFAULT_ROOT, SPLITS, load_dataset
+from weightgeo.data.tasks import SCENARIOS, TASK_NAMES, Task, TaskSequence, make_task_sequence
 
 __all__ = ["DATASET_NAMES", "DEFAULT_ROOT", "SPLITS", "Data", "augment_batch", "load_dataset"]
+__all__ += ["SCENARIOS", "TASK_NAMES", "Task", "TaskSequence", "make_task_sequence"]
