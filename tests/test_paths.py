@@ -183,3 +183,14 @@ def test_fip_refuses_unknown_settings(net):
         fip(model, TargetPoint(theta_b), x, distance="kl")
     with pytest.raises(WeightgeoError, match="optimizer"):
         fip(model, TargetPoint(theta_b), x, optimizer="lbfgs")
+
+
+def test_streamed_path_holds_no_waypoints_in_memory(net, tmp_path):
+    """On disk, a path keeps two copies of θ in memory (start, end), however long it is."""
+    model, _, theta_a, theta_b, _ = net
+    path = traverse(WeightSpace(model), TargetPoint(theta_b), step_size=0.001, max_steps=60,
+                    start=theta_a, directory=tmp_path / "p", save_every=1)
+    assert len(path.saved_points) == 61
+    tensors = [v for v in vars(path).values() if isinstance(v, torch.Tensor)]
+    assert len(tensors) == 2 and not path._memory_waypoints
+    assert len(list((tmp_path / "p" / "waypoints").glob("point_*.pt"))) == 61
