@@ -13,6 +13,7 @@ import click
 from weightgeo import __version__
 from weightgeo.commands.demo import demo
 from weightgeo.commands.evaluate import evaluate
+from weightgeo.commands.sparsify import sparsify
 from weightgeo.commands.train import train
 from weightgeo.errors import WeightgeoError
 
@@ -31,6 +32,7 @@ def cli() -> None:
 cli.add_command(train)
 cli.add_command(demo)
 cli.add_command(evaluate)
+cli.add_command(sparsify)
 
 
 def main(argv: list[str] | None = None) -> None:
