@@ -11,6 +11,8 @@ import sys
 import click
 
 from weightgeo import __version__
+from weightgeo.commands.connect import connect_command
+from weightgeo.commands.continual import continual
 from weightgeo.commands.demo import demo
 from weightgeo.commands.evaluate import evaluate
 from weightgeo.commands.sparsify import sparsify
@@ -32,7 +34,9 @@ def cli() -> None:
 cli.add_command(train)
 cli.add_command(demo)
 cli.add_command(evaluate)
+cli.add_command(continual)
 cli.add_command(sparsify)
+cli.add_command(connect_command)
 
 
 def main(argv: list[str] | None = None) -> None:
