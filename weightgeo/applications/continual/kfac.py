@@ -169,9 +169,8 @@ class KroneckerMetric(Metric):
             a = captured[name][0].reshape(-1, module.in_features)
             a_bar = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], 1)
             rows = len(a)
-            a_factor = a_bar.T @ a_bar / rows
             s_factor = weight * s_sums[i] / batch * (batch / rows)
-            la, qa = torch.linalg.eigh(a_factor.double())
+            la, qa = _gram_eigh(a_bar)
             ls, qs = torch.linalg.eigh(s_factor.double())
             qa, la = _keep(qa, la)
             qs, ls = _keep(qs, ls)
@@ -180,6 +179,18 @@ class KroneckerMetric(Metric):
                                  qa.to(a.dtype), la.clamp_min(0).to(a.dtype),
                                  qs.to(a.dtype), ls.clamp_min(0).to(a.dtype)))
         return cls(blocks, products=len(directions) + 1)
+
+
+def _gram_eigh(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenpairs of xᵀx / m for x of m rows; through the m×m Gram matrix when m < columns."""
+    m, d = x.shape
+    x = x.double()
+    if m >= d:
+        return torch.linalg.eigh(x.T @ x / m)
+    lam, v = torch.linalg.eigh(x @ x.T / m)
+    keep = lam > 1e-12 * lam.max().clamp_min(1e-300)
+    lam, v = lam[keep], v[:, keep]
+    return lam, (x.T @ v) / (m * lam).sqrt()
 
 
 def _keep(q: Tensor, eigenvalues: Tensor, relative: float = 1e-7) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,199 @@
+"""Continual learning: scores on a hand-made matrix, memory, budgets, metrics' solves, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from weightgeo.applications.continual import (
+    ContinualConfig,
+    KroneckerMetric,
+    LowRankMetric,
+    make_learner,
+    run_method,
+    scores,
+    tune_strength,
+)
+from weightgeo.cli import cli, main
+from weightgeo.data.tasks import make_task_sequence
+from weightgeo.data.testing import write_fake_mnist
+from weightgeo.functional import FunctionalModel
+from weightgeo.metrics import OutputMetric
+from weightgeo.metrics.base import Metric
+
+NAN = math.nan
+
+
+def test_scores_on_a_hand_made_matrix():
+    # Task 1 rises from 50% to 80% while task 2 is learned, then falls to 60%.
+    r = [[0.50, NAN, NAN], [0.80, 0.90, NAN], [0.60, 0.70, 0.95]]
+    s = scores(r)
+    assert s["avg_accuracy"] == pytest.approx((0.60 + 0.70 + 0.95) / 3)
+    # BWT = mean(R[2][j] − R[j][j]) = ((0.6 − 0.5) + (0.7 − 0.9)) / 2 = −0.05
+    assert s["bwt"] == pytest.approx(-0.05)
+    # forgetting = mean(max earlier − final) = ((0.8 − 0.6) + (0.9 − 0.7)) / 2 = 0.2 ≠ −BWT
+    assert s["forgetting"] == pytest.approx(0.20)
+    assert s["plasticity"] == pytest.approx((0.50 + 0.90 + 0.95) / 3)
+    one = scores([[0.7]])
+    assert one["avg_accuracy"] == pytest.approx(0.7) and math.isnan(one["bwt"]) and math.isnan(one["forgetting"])
+
+
+@pytest.fixture(scope="module")
+def tiny_seq():
+    return make_task_sequence("permuted-mnist", "domain", 3, seed=0, max_train=200)
+
+
+def _config(**kw):
+    return ContinualConfig(**{"budget": 12, "batch_size": 32, "memory_per_task": 7, **kw})
+
+
+def test_memory_holds_the_requested_inputs_per_earlier_task(tiny_seq):
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)))
+    learner = make_learner("geodesic", fmodel, tiny_seq, _config(), seed=0)
+    theta = fmodel.theta()
+    for t in range(3):
+        assert len(learner.memory) == t
+        assert learner.memory.inputs().shape[0] == 7 * t if t else True
+        theta = learner.learn(t, theta).theta
+        learner.after_task(t, theta)
+    assert [len(x) for x in learner.memory.x] == [7, 7, 7]
+    for t, stored in enumerate(learner.memory.x):
+        train = tiny_seq.tasks[t].train.x.reshape(len(tiny_seq.tasks[t].train), -1)
+        for row in stored.reshape(7, -1):  # every stored input is one of that task's inputs
+            assert (train == row).all(1).any()
+        assert len({tuple(r.tolist()) for r in stored.reshape(7, -1)}) == 7  # no repeats
+
+
+@pytest.mark.parametrize("method", ["geodesic", "fip", "finetune", "ewc", "online-ewc", "si", "l2", "replay"])
+def test_sequential_methods_spend_the_same_budget(tiny_seq, method):
+    result = run_method(method, tiny_seq, "mlp", _config(), seed=0, model_config={"hidden": [16]})
+    assert len(result.grad_evals) == 3
+    for spent in result.grad_evals:
+        assert 12 - 1 <= spent <= 12  # fip's steps cost 2: it may leave one evaluation unspent
+    assert all(math.isnan(v) for v in result.matrix[0][1:])
+    assert 0 <= result.scores["avg_accuracy"] <= 1
+
+
+def test_joint_gets_the_total_budget(tiny_seq):
+    result = run_method("joint", tiny_seq, "mlp", _config(), seed=0, model_config={"hidden": [16]})
+    assert result.grad_evals == [36]
+    assert math.isnan(result.scores["bwt"])
+
+
+def test_nystrom_is_exact_for_a_low_rank_metric_and_solves_exactly():
+    torch.manual_seed(0)
+    n, r = 30, 4
+    u = torch.linalg.qr(torch.randn(n, r, dtype=torch.float64)).Q
+    dense = u @ torch.diag(torch.tensor([5.0, 2.0, 1.0, 0.5], dtype=torch.float64)) @ u.T
+
+    class Dense(Metric):
+        def mvp(self, theta, v):
+            return dense @ v
+
+    theta = torch.zeros(n, dtype=torch.float64)
+    low = LowRankMetric.nystrom(Dense(), theta, 6, torch.Generator().manual_seed(1))
+    assert low.products == 6
+    assert torch.allclose(low.at(theta).dense(), dense, atol=1e-8)
+    g = torch.randn(n, dtype=torch.float64)
+    x = low.at(theta).solve(g, 0.1).x
+    assert torch.allclose((dense + 0.1 * torch.eye(n, dtype=torch.float64)) @ x, g, atol=1e-8)
+
+
+def test_kronecker_metric_is_exact_for_one_linear_layer_under_the_output_metric():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4)).double()
+    fmodel = FunctionalModel(model)
+    theta, x = fmodel.theta(), torch.randn(9, 6, dtype=torch.float64)
+    kron = KroneckerMetric.build(fmodel, theta, x, "output")
+    assert kron.products == 5  # one forward pass and one backward pass per output unit
+    dense = OutputMetric(fmodel, x).at(theta).dense()
+    assert torch.allclose(kron.at(theta).dense(), dense, atol=1e-10)
+    g = torch.randn_like(theta)
+    sol = kron.at(theta).solve(g, 0.05).x
+    assert torch.allclose((dense + 0.05 * torch.eye(len(theta), dtype=torch.float64)) @ sol, g, atol=1e-9)
+
+
+def test_geodesic_direction_changes_old_outputs_far_less_than_sgd(tiny_seq):
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)))
+    learner = make_learner("geodesic", fmodel, tiny_seq, _config(memory_per_task=50,
+                                                                   strengths={"geodesic": 1e-3}), seed=0)
+    theta = learner.learn(0, fmodel.theta()).theta
+    learner.after_task(0, theta)
+    learner.before_task(1, theta)
+    x, y = tiny_seq.tasks[1].train.x[:64], tiny_seq.tasks[1].train.y[:64]
+    t = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(fmodel(t, x), y), t)
+    d = learner.direction(theta, g)
+    old = OutputMetric(fmodel, learner.memory.inputs()).at(theta)
+    change = lambda v: float(old.inner(v)) / float(v @ v)  # noqa: E731 - mean squared output change per unit step
+    assert change(d) < 0.05 * change(g)
+    assert float(d @ g) > 0  # still a descent direction for the new task
+
+
+def test_tuning_picks_the_best_validation_value(tiny_seq):
+    best, trials = tune_strength("l2", tiny_seq, "mlp", _config(), 0, "cpu", grid=(1e-3, 1e-1, 10.0, 1e3),
+                                 model_config={"hidden": [16]})
+    assert [t["strength"] for t in trials] == [1e-3, 1e-1, 10.0, 1e3]
+    assert best == max(trials, key=lambda t: t["val_avg_accuracy"])["strength"]
+
+
+def test_cli_mnist_fashion_end_to_end_on_fake_idx_files(tmp_path):
+    root = tmp_path / "data"
+    write_fake_mnist(root, "mnist", n_train=120, n_test=40, seed=0)
+    write_fake_mnist(root, "fashion-mnist", n_train=120, n_test=40, seed=1)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "continual", "--tasks", "mnist-fashion", "--base", "mnist", "--data-root", str(root),
+        "--model", "fashion-cnn", "--scenario", "task", "--method", "geodesic,finetune,joint",
+        "--budget", "14", "--memory", "5", "--batch-size", "16", "--seed", "3",
+        "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {"method", "scenario", "seed", "avg_accuracy", "bwt", "forgetting", "plasticity",
+            "grad_evals", "seconds"} <= set(rows[0])
+    assert {r["seed"] for r in rows} == {"3"}
+    assert {r["method"] for r in rows} == {"geodesic", "finetune", "joint"}
+    assert all(r["scenario"] == "task" for r in rows)
+    for method in ("geodesic", "joint"):
+        assert (out / f"heatmap_{method}.png").stat().st_size > 0
+    assert (out / "accuracy_over_tasks.png").exists() and (out / "matrices" / "geodesic_seed3.csv").exists()
+    assert "| geodesic |" in (out / "summary.md").read_text()
+
+
+def test_cli_seeds_run_s_to_s_plus_n_minus_1(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "continual", "--n-tasks", "2", "--method", "finetune,l2", "--budget", "5", "--max-train", "120",
+        "--memory", "5", "--seeds", "2", "--seed", "7", "--strength", "l2=0.5", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["method"], r["seed"]) for r in rows] == [("finetune", "7"), ("l2", "7"), ("finetune", "8"), ("l2", "8")]
+    assert all(r["grad_evals"] == "10" and r["scenario"] == "domain" for r in rows)
+    assert {r["strength"] for r in rows if r["method"] == "l2"} == {"0.5"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tasks", "rotated-mnist"], "unknown task sequence 'rotated-mnist'"),
+        (["--n-tasks", "0"], "--n-tasks must be at least 1, got 0"),
+        (["--tasks", "mnist-fashion", "--scenario", "domain"], "mnist-fashion cannot be domain-incremental"),
+        (["--method", "geodesic,magic"], "unknown method 'magic'"),
+        (["--strength", "ewc=abc"], "'abc' is not a number"),
+    ],
+)
+def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["continual", *args, "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: ") and message in err and "\n" not in err

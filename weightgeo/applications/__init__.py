@@ -1,0 +1,1 @@
+"""Applications of the geometric core: sparsification, continual learning, mode connectivity."""
