@@ -21,8 +21,12 @@ from weightgeo.commands.options import data_options, parse_choices, path_options
               help="Points evaluated along each path, evenly spaced by arc length.")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1),
               help="Training minibatch of every method that trains.")
-@click.option("--task-weight", default=1.0, show_default=True, type=float,
-              help="Weight of the task loss in relax's energy and in traverse's objective (0: none).")
+@click.option("--task-weight", default=5.0, show_default=True, type=float,
+              help="relax: weight of the task loss at the nodes against the energy divided by the straight line's (0: energy only).")
+@click.option("--traverse-weight", default=100.0, show_default=True, type=float,
+              help="traverse: weight of the task loss beside ½||θ − θ_b||² (0: the target alone).")
+@click.option("--train-eval/--no-train-eval", default=True, show_default=True,
+              help="Also evaluate the training loss and accuracy at every point.")
 @click.option("--relax-lr", default=1e-3, show_default=True, type=float, callback=positive_float,
               help="Adam learning rate of relax.")
 @click.option("--curve-lr", default=0.05, show_default=True, type=float, callback=positive_float,
@@ -37,9 +41,10 @@ from weightgeo.commands.options import data_options, parse_choices, path_options
               help="Do not recompute batch-norm statistics at each evaluated point.")
 @click.option("--dataset", default=None, help="Override the checkpoints' data set.")
 @data_options
-@path_options(metrics=("output", "fisher", "euclidean"), default_metric="output", step_size=0.1,
+@path_options(metrics=("output", "fisher", "euclidean"), default_metric="output", step_size=0.25,
               max_steps=0)
 def connect_command(checkpoint_a, checkpoint_b, methods, nodes, budget, points, batch_size, task_weight,
+                    traverse_weight, train_eval,
                     relax_lr, curve_lr, weight_decay, tol, plane_grid, no_bn_recompute, dataset, data_root,
                     download, step_size, max_steps, damping, metric, cg_iters, metric_batch, seed, device,
                     out, overwrite):
@@ -54,7 +59,8 @@ def connect_command(checkpoint_a, checkpoint_b, methods, nodes, budget, points, 
         checkpoint_a, checkpoint_b, out, dataset=dataset, data_root=data_root, download=download,
         device=device, methods=chosen, points=points, recompute_bn=not no_bn_recompute,
         plane_grid=plane_grid, overwrite=overwrite, metric=metric, nodes=nodes, budget=budget,
-        batch_size=batch_size, metric_batch=metric_batch, task_weight=task_weight, relax_lr=relax_lr,
+        batch_size=batch_size, metric_batch=metric_batch, task_weight=task_weight,
+        traverse_weight=traverse_weight, with_train=train_eval, relax_lr=relax_lr,
         step_size=step_size, damping=damping, cg_iters=cg_iters, tol=tol, curve_lr=curve_lr,
         weight_decay=weight_decay, seed=seed, progress=True,
         log=lambda msg: click.echo(msg, err=True),

@@ -212,6 +212,7 @@ def relax(
     inputs: Tensor | Iterable[Tensor] | None = None,
     task: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]] | None = None,
     task_weight: float = 1.0,
+    normalize: bool = True,
     steps: int = 200,
     lr: float = 1e-3,
     optimizer: str = "adam",
@@ -238,6 +239,9 @@ def relax(
             given, else the metric's own batch.
         task: labelled ``(x, y)`` batches (one pair or an iterable); if given, the mean
             cross-entropy over the nodes, times ``task_weight``, is added to the energy.
+        normalize: divide the energy by the straight line's energy on the first batch (a
+            constant), so ``task_weight`` is relative: E/E_line + w·CE. The minimiser of the
+            energy alone does not change.
         steps: optimiser steps; ``budget`` (gradient evaluations) may stop it earlier.
         lr, optimizer, momentum: "adam" (default) or "sgd" (with ``momentum``).
         reparametrize_every: every this many steps, move the nodes to equal metric arc
@@ -293,6 +297,7 @@ def relax(
     history: list[dict] = []
     stop_reason = "steps"
     last_x: Tensor | None = None
+    scale: Tensor | None = None
     with Progress(steps, "relax", enabled=progress) as bar:
         for step in range(steps):
             if budget is not None and spent + cost > budget:
@@ -316,7 +321,16 @@ def relax(
             if task_iter is not None:
                 logits = out_task.reshape(-1, out_task.shape[-1])
                 task_loss = F.cross_entropy(logits, yt.repeat(nodes))
-            total = energy + task_weight * task_loss
+            if normalize and scale is None:
+                with torch.no_grad():
+                    line = torch.linspace(0, 1, nodes + 2, dtype=z.dtype, device=z.device)[:, None]
+                    line = theta_a + line * (theta_b - theta_a)
+                    if kind == "euclidean":
+                        line_energy = (nodes + 1) * (line[1:] - line[:-1]).square().sum()
+                    else:
+                        line_energy = (nodes + 1) * output_squared_distances(fn(line, x), kind).sum()
+                    scale = line_energy.clamp_min(torch.finfo(z.dtype).tiny)
+            total = (energy / scale if normalize else energy) + task_weight * task_loss
             opt.zero_grad(set_to_none=True)
             total.backward()
             if mask is not None:
@@ -352,6 +366,7 @@ def relax(
         theta_a, directory=directory, save_every=1,
         meta={"tracer": "relax", "metric": type(space.metric).__name__, "nodes": nodes,
               "steps": steps, "lr": lr, "optimizer": optimizer, "task_weight": task_weight,
+              "normalize": normalize, "line_energy": None if scale is None else float(scale),
               "with_task_loss": task_iter is not None, "reparametrize_every": reparametrize_every,
               "history": history},
     )

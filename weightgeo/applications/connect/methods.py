@@ -2,11 +2,12 @@
 
 - ``linear``: the straight line.
 - ``traverse``: the paper's approach — a damped natural-gradient walk from θ_a under the task
-  metric toward O(θ) = ½||θ − θ_b||², plus ``task_weight`` × the task loss on training batches;
+  metric toward O(θ) = ½||θ − θ_b||², plus ``traverse_weight`` × the task loss on training batches;
   once within ``tol`` of θ_b (or when the budget runs out) a final straight segment ends the
   path exactly at θ_b, recorded as such.
 - ``relax``: the boundary-value solver (:func:`weightgeo.paths.relax`) from the straight line,
-  with the metric's path energy on training inputs plus the task loss at the nodes.
+  with the metric's path energy on training inputs (divided by the straight line's) plus
+  ``task_weight`` × the task loss at the nodes.
 - ``bezier`` / ``polychain``: Garipov et al.'s curves, the bend trained with one t ~ U(0, 1)
   per minibatch on the task loss at w(t), endpoints fixed, SGD with momentum 0.9, weight
   decay on w(t), learning rate constant for half the run then linearly down to 1%.
@@ -55,7 +56,8 @@ class Setting:
     budget: int = 3000
     batch_size: int = 128
     metric_batch: int = 256
-    task_weight: float = 1.0
+    task_weight: float = 5.0
+    traverse_weight: float = 100.0
     relax_lr: float = 1e-3
     reparametrize_every: int = 0
     step_size: float | None = None
@@ -153,8 +155,8 @@ def method_traverse(s: Setting) -> MethodResult:
     distance = float((s.theta_b - s.theta_a).norm())
     step = s.step_size if s.step_size is not None else distance / 100
     tol = s.tol * distance
-    task = TaskLoss(s.model, s.batches(offset=1)) if s.task_weight > 0 else None
-    objective = TowardNetwork(TargetPoint(s.theta_b, tol=tol), task, s.task_weight)
+    task = TaskLoss(s.model, s.batches(offset=1)) if s.traverse_weight > 0 else None
+    objective = TowardNetwork(TargetPoint(s.theta_b, tol=tol), task, s.traverse_weight)
     generator = torch.Generator(device="cpu").manual_seed(s.seed + 2)
     device = s.theta_a.device
 
@@ -163,8 +165,8 @@ def method_traverse(s: Setting) -> MethodResult:
             idx = torch.randperm(len(s.train.x), generator=generator)[: s.metric_batch]
             yield s.train.x[idx].to(device)
 
-    per_step = objective.cost + s.cg_iters
-    max_steps = max(1, s.budget // per_step)
+    per_step = objective.cost + (0 if s.metric == "euclidean" else s.cg_iters)
+    max_steps = max(1, s.budget // max(1, per_step))
     save_every = max(1, max_steps // 100)
     path = traverse(
         s.space(), objective, step_size=step, max_steps=max_steps, start=s.theta_a,

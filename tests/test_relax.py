@@ -1,0 +1,111 @@
+"""relax: the discrete geodesic between two networks, batched over nodes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from weightgeo.errors import WeightgeoError
+from weightgeo.functional import FunctionalModel
+from weightgeo.manifolds import WeightSpace
+from weightgeo.metrics import DiagonalFisher, Euclidean, OutputMetric
+from weightgeo.paths import relax, resample_polyline, segment_squared_lengths
+from weightgeo.paths.relax import NodeFunction
+
+
+def _model(seed: int = 0, batch_norm: bool = False) -> FunctionalModel:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(4, 8)] + ([nn.BatchNorm1d(8)] if batch_norm else []) + [nn.Tanh(), nn.Linear(8, 3)]
+    return FunctionalModel(nn.Sequential(*layers).double())
+
+
+def _points(fm: FunctionalModel) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(5)
+    theta_a = fm.theta()
+    theta_b = theta_a + torch.randn(fm.n, dtype=torch.float64)
+    return theta_a, theta_b
+
+
+def test_euclidean_relax_returns_the_straight_line_at_even_spacing():
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    space = WeightSpace(fm, Euclidean())
+    k = 4
+    t = torch.linspace(0, 1, k + 2, dtype=torch.float64)[1:-1, None]
+    bent = theta_a + t * (theta_b - theta_a) + 0.5 * torch.randn(k, fm.n, dtype=torch.float64)
+    path = relax(space, theta_a, theta_b, nodes=k, init=bent, steps=400, lr=0.02, optimizer="sgd", normalize=False,
+                 momentum=0.0)
+    nodes = torch.stack([w for _, w in path.waypoints()])
+    expected = theta_a + torch.linspace(0, 1, k + 2, dtype=torch.float64)[:, None] * (theta_b - theta_a)
+    torch.testing.assert_close(nodes, expected, atol=1e-8, rtol=0)
+    distance = float((theta_b - theta_a).norm())
+    assert path.euclidean_length == pytest.approx(distance, rel=1e-9)
+    assert path.metric_length == pytest.approx(distance, rel=1e-9)
+    assert path.grad_evals == 0  # no network was evaluated
+    assert len(path) == k + 2 and path.stop_reason == "steps"
+
+
+def test_batched_nodes_equal_the_loop_and_the_model():
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    stack = torch.stack([theta_a, 0.5 * (theta_a + theta_b), theta_b])
+    x = torch.randn(7, 4, dtype=torch.float64)
+    fn = NodeFunction(fm)
+    torch.testing.assert_close(fn(stack, x), fn.loop(stack, x))
+    torch.testing.assert_close(fn(stack, x)[0], fm(theta_a, x))
+
+
+def test_batch_norm_nodes_use_batch_statistics():
+    fm = _model(batch_norm=True)
+    x = torch.randn(9, 4, dtype=torch.float64)
+    out = NodeFunction(fm)(fm.theta()[None], x)[0]
+    module = fm.to_module(fm.theta()).train()
+    torch.testing.assert_close(out, module(x))
+    assert torch.equal(fm.buffers["1.running_mean"], torch.zeros(8, dtype=torch.float64))  # untouched
+
+
+def test_output_relax_shortens_the_path_in_function_space():
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    x = torch.randn(32, 4, dtype=torch.float64)
+    space = WeightSpace(fm, OutputMetric(fm, x))
+    k = 6
+    straight = theta_a + torch.linspace(0, 1, k + 2, dtype=torch.float64)[:, None] * (theta_b - theta_a)
+    before = segment_squared_lengths(space, straight).sqrt().sum()
+    path = relax(space, theta_a, theta_b, nodes=k, steps=150, lr=3e-3)
+    assert path.metric_length < 0.97 * float(before)
+    torch.testing.assert_close(path.start, theta_a)
+    torch.testing.assert_close(path.end, theta_b)
+    assert path.grad_evals == 150 * (k + 1)
+    energies = [row["energy"] for row in path.meta["history"]]
+    assert energies[-1] < energies[0]
+
+
+def test_relax_with_task_loss_and_budget():
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    x = torch.randn(32, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,))
+    space = WeightSpace(fm, OutputMetric(fm, x))
+    path = relax(space, theta_a, theta_b, nodes=3, task=(x, y), steps=100, budget=41)
+    assert path.stop_reason == "budget" and path.grad_evals == 40  # 10 steps of 3 nodes + 1
+
+
+def test_resample_polyline_is_even_by_arc_length():
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 3.0]], dtype=torch.float64)
+    lengths = (points[1:] - points[:-1]).norm(dim=-1)
+    out, fractions = resample_polyline(points, lengths, 5)
+    expected = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [1.0, 3.0]], dtype=torch.float64)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(fractions, torch.linspace(0, 1, 5, dtype=torch.float64))
+
+
+def test_relax_refuses_metrics_without_a_discrete_energy():
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    with pytest.raises(WeightgeoError, match="discrete energy"):
+        relax(WeightSpace(fm, DiagonalFisher(fm, x)), theta_a, theta_b, nodes=2, steps=1)
+    with pytest.raises(WeightgeoError, match="at least one interior node"):
+        relax(WeightSpace(fm), theta_a, theta_b, nodes=0)
