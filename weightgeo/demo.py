@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from weightgeo.applications.continual.demo import section_continual
 from weightgeo.data import Data, load_dataset
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
@@ -109,7 +110,7 @@ def section_target(ctx: DemoContext) -> str:
     )
 
 
-SECTIONS: list[Callable[[DemoContext], str]] = [section_train, section_target]
+SECTIONS: list[Callable[[DemoContext], str]] = [section_train, section_target, section_continual]
 """The demo's sections, in order; applications append theirs."""
 
 
