@@ -63,7 +63,7 @@ def sparsify(checkpoint, sparsity, method, budget, dataset, step, stage_ratio, o
     if lr_finetune <= 0 or lr_distill <= 0:
         raise WeightgeoError("learning rates must be positive")
     settings = SparsifySettings(
-        metric=metric, metric_batch=metric_batch, damping=damping, cg_iters=cg_iters, step=step,
+        metric=metric, metric_batch=metric_batch, obd_batch=metric_batch, damping=damping, cg_iters=cg_iters, step=step,
         stage_ratio=stage_ratio, step_size=step_size, max_steps=max_steps, ranking=ranking,
         include_biases=include_biases, rerank_every=rerank_every, one_path=one_path,
         lr_finetune=lr_finetune, lr_distill=lr_distill, imp_rounds=imp_rounds, seed=seed,

@@ -1,0 +1,220 @@
+"""Sparsification: methods within budget and exactly sparse, the metric projection, sparse
+checkpoints that stay sparse, the torch.nn.utils.prune export, and the CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from weightgeo.applications.sparsify import (
+    METHODS,
+    SparsifySettings,
+    SparsifyTask,
+    load_sparse,
+    save_sparse_checkpoint,
+    stage_levels,
+    to_pruned_module,
+)
+from weightgeo.applications.sparsify.methods import metric_projection
+from weightgeo.cli import cli, main
+from weightgeo.data import Data
+from weightgeo.data.testing import fake_cifar_checksums, write_fake_cifar
+from weightgeo.functional import FunctionalModel
+from weightgeo.manifolds import WeightSpace
+from weightgeo.metrics import OutputMetric
+from weightgeo.models import build_model
+from weightgeo.objectives import TargetPoint
+from weightgeo.objectives.sparsity import measured_sparsity
+from weightgeo.paths import traverse
+from weightgeo.workflows import train_model
+
+
+def _tiny_task(seed: int = 0, **settings) -> SparsifyTask:
+    torch.manual_seed(seed)
+    model = build_model("mlp", input_size=16, hidden=[12], num_classes=3)
+    x = torch.randn(96, 1, 4, 4)
+    y = (x.flatten(1)[:, :3]).argmax(1)
+    data = Data(x, y, 3, "toy")
+    fm = FunctionalModel(model)
+    settings = {"metric_batch": 32, "batch_size": 16, "obd_batch": 16, "fip_batch": 16, **settings}
+    return SparsifyTask(fm, fm.theta(), data, SparsifySettings(**settings))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_is_exactly_sparse_and_within_budget(method: str) -> None:
+    task = _tiny_task()
+    levels, budget = [0.5, 0.9], 40
+    results = METHODS[method](task, levels, budget)
+    assert [r.sparsity for r in results] == levels
+    eligible = task.eligible
+    for r in results:
+        zeros = int(((r.theta == 0) & eligible).sum())
+        assert zeros == round(r.sparsity * int(eligible.sum()))  # the mask is exact
+        assert measured_sparsity(r.theta, eligible) == zeros / int(eligible.sum())
+        assert not bool((r.theta[~r.keep] != 0).any())
+        assert 0 <= r.grad_evals <= budget
+        if method not in ("magnitude",):
+            assert r.grad_evals > 0
+    if method == "magnitude":
+        assert all(r.grad_evals == 0 for r in results)
+
+
+def test_geodesic_one_path_reads_levels_in_turn() -> None:
+    task = _tiny_task(one_path=True)
+    results = METHODS["geodesic"](task, [0.5, 0.8, 0.9], 90)
+    evals = [r.grad_evals for r in results]
+    assert evals == sorted(evals) and evals[-1] <= 90
+    masks = [r.keep for r in results]
+    assert all(bool((b <= a).all()) for a, b in zip(masks, masks[1:]))  # nested: sparse stays sparse
+
+
+def test_stage_levels_insert_gradual_stages() -> None:
+    stages = stage_levels([0.5, 0.98], ratio=2.2)
+    levels = [s for s, _ in stages]
+    assert levels == sorted(levels) and levels[-1] == 0.98
+    assert [r for _, r in stages if r is not None] == [0.5, 0.98]
+    densities = [1.0] + [1 - s for s in levels]
+    assert all(a / b <= 2.2 + 1e-9 for a, b in zip(densities, densities[1:]))
+
+
+def test_metric_projection_is_the_constrained_least_squares_step() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    fm = FunctionalModel(model)
+    x = torch.randn(40, 4, dtype=torch.float64)
+    space = WeightSpace(fm, OutputMetric(fm, x), cg_tol=1e-14)
+    theta = fm.theta()
+    keep = theta.abs() > theta.abs().median()
+    new, products, metric_sq = metric_projection(space, theta, keep, damping=0.0, cg_iters=200)
+    G = space.operator(theta).dense()
+    K, P = keep, ~keep
+    expected_k = theta[K] + torch.linalg.lstsq(G[K][:, K], G[K][:, P] @ theta[P]).solution
+    assert torch.equal(new[P], torch.zeros_like(new[P]))
+    assert torch.allclose(new[K], expected_k, atol=1e-6)
+    step = new - theta
+    assert torch.allclose(metric_sq, step @ G @ step, rtol=1e-6, atol=1e-10)
+    # the least metric length among steps onto the hyperplane: magnitude pruning moves farther
+    magnitude = theta * keep - theta
+    assert float(step @ G @ step) < float(magnitude @ G @ magnitude)
+    assert products >= 2
+
+
+def test_sparse_checkpoint_reloads_sparse_and_stays_sparse_through_a_traversal(tmp_path: Path) -> None:
+    task = _tiny_task()
+    (result,) = METHODS["magnitude"](task, [0.8], 0)
+    file = save_sparse_checkpoint(
+        tmp_path / "sparse.pt", task.fmodel, result.theta, result.keep, name="mlp",
+        config={"input_size": 16, "hidden": [12], "num_classes": 3}, dataset="toy", test_accuracy=None,
+    )
+    net = load_sparse(file)
+    assert torch.equal(net.keep, result.keep)
+    assert torch.equal(net.theta, result.theta)
+    eligible = net.fmodel.weight_mask()
+    assert net.checkpoint.extra["sparsity"] == int(((net.theta == 0) & eligible).sum()) / int(eligible.sum())
+    # a further traversal (toward a dense point, output metric) on the masked space
+    space = WeightSpace(net.fmodel, OutputMetric(net.fmodel, task.train.x[:32]), mask=net.keep)
+    path = traverse(space, TargetPoint(1.5 * task.theta), step_size=0.05, max_steps=15, start=net.theta)
+    assert path.end is not None and not torch.equal(path.end, net.theta)  # it moved
+    assert bool((path.end[~net.keep] == 0).all())  # and stayed sparse
+    assert measured_sparsity(path.end, eligible) == net.checkpoint.extra["sparsity"]
+
+
+def test_prune_export_gives_the_same_outputs(tmp_path: Path) -> None:
+    task = _tiny_task()
+    (result,) = METHODS["magnitude-finetune"](task, [0.75], 20)
+    module = to_pruned_module(task.fmodel, result.theta, result.keep)
+    names = {n for n, _ in module.named_buffers()}
+    assert {"layers.0.weight_mask", "layers.2.weight_mask"} <= names
+    assert "layers.0.weight_orig" in dict(module.named_parameters())
+    x = task.train.x[:20]
+    with torch.no_grad():
+        expected = task.fmodel(result.theta, x)
+        assert torch.allclose(module(x), expected, atol=1e-6)
+        torch.nn.utils.prune.remove(module.layers[0], "weight")
+        assert torch.allclose(module(x), expected, atol=1e-6)
+    # the file round trip gives the same module
+    file = save_sparse_checkpoint(
+        tmp_path / "s.pt", task.fmodel, result.theta, result.keep, name="mlp",
+        config={"input_size": 16, "hidden": [12], "num_classes": 3}, dataset="toy", test_accuracy=None,
+    )
+    net = load_sparse(file)
+    again = to_pruned_module(net.fmodel, net.theta, net.keep)
+    with torch.no_grad():
+        assert torch.allclose(again(x), expected, atol=1e-6)
+
+
+def _error_line(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mlp")
+    train_model("mlp", "mnist5k", out, config={"hidden": [16]}, epochs=1, seed=0, device="cpu", overwrite=True)
+    return out
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--sparsity", "1.0"], "sparsity"),
+    (["--sparsity", "-0.1"], "sparsity"),
+    (["--sparsity", "abc"], "sparsity"),
+    (["--method", "magnitude,prune-everything"], "method"),
+    (["--budget", "-5"], "budget"),
+])
+def test_bad_options_are_refused_in_one_line(tiny_checkpoint, tmp_path, capsys, argv, needle) -> None:
+    err = _error_line(capsys, ["sparsify", str(tiny_checkpoint), "--out", str(tmp_path / "o"), *argv])
+    assert err.startswith("Error:") and needle in err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_cli_end_to_end_on_mnist5k(tiny_checkpoint, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "sparsify", str(tiny_checkpoint), "--sparsity", "0.5,0.9", "--method", "geodesic,magnitude,magnitude-distill",
+        "--budget", "12,24", "--metric-batch", "64", "--device", "cpu", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 3 * 2 * 2
+    assert set(rows[0]) >= {"method", "sparsity", "budget", "measured_sparsity", "test_accuracy", "test_loss",
+                            "grad_evals", "seconds"}
+    for row in rows:
+        assert int(row["grad_evals"]) <= int(row["budget"])
+        assert float(row["measured_sparsity"]) == pytest.approx(float(row["sparsity"]), abs=1e-4)
+    for name in ("results.md", "summary.md", "accuracy_vs_sparsity_b12.png", "accuracy_vs_budget_s90.png",
+                 "geodesic_path_b24.png", "checkpoints/geodesic_s90_b24.pt"):
+        assert (out / name).exists(), name
+    net = load_sparse(out / "checkpoints" / "geodesic_s90_b24.pt")
+    eligible = net.fmodel.weight_mask()
+    assert measured_sparsity(net.theta, eligible) == pytest.approx(0.9, abs=1e-4)
+
+
+def test_vgg11_on_fake_cifar_end_to_end(tmp_path) -> None:
+    root = write_fake_cifar(tmp_path / "data", "cifar10", n_train=32, n_test=16, seed=0)
+    with fake_cifar_checksums():
+        train_model("vgg11", "cifar10", tmp_path / "vgg", config={"width": 0.0625}, epochs=1, batch_size=16,
+                    data_root=str(root), seed=0, device="cpu", overwrite=True)
+        result = CliRunner().invoke(cli, [
+            "sparsify", str(tmp_path / "vgg"), "--sparsity", "0.5,0.9", "--method",
+            "geodesic,obd", "--budget", "12", "--metric-batch", "8", "--cg-iters", "2", "--one-path",
+            "--data-root", str(root), "--device", "cpu", "--out", str(tmp_path / "run"),
+        ])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "run" / "results.csv")))
+    assert len(rows) == 2 * 2
+    for row in rows:
+        assert float(row["measured_sparsity"]) == pytest.approx(float(row["sparsity"]), abs=1e-4)
+        assert int(row["grad_evals"]) <= 12
+    net = load_sparse(tmp_path / "run" / "checkpoints" / "obd_s90_b12.pt")
+    assert net.fmodel.has_batch_norm
+    assert measured_sparsity(net.theta, net.fmodel.weight_mask()) == pytest.approx(0.9, abs=1e-4)
