@@ -193,3 +193,24 @@ def test_connect_refuses_rebasin_for_vgg_and_different_architectures(tiny_vgg_ru
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error: checkpoints differ in architecture") and "\n" not in err
+
+
+def test_demo_section_connect_quick(tmp_path):
+    from types import SimpleNamespace
+
+    from weightgeo.applications.connect.demo import section_connect
+    from weightgeo.data import load_dataset
+
+    train = load_dataset("mnist5k", "train").subset(torch.arange(256))
+    test = load_dataset("mnist5k", "test").subset(torch.arange(128))
+    models = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        model = build_model("mlp", hidden=[16, 8])
+        models[name] = {"model": model, "theta": FunctionalModel(model).theta()}
+    ctx = SimpleNamespace(out=tmp_path, quick=True, seed=0, train=train, test=test, models=models,
+                          log=lambda msg: None)
+    text = section_connect(ctx)
+    assert text.startswith("## Connecting the two networks")
+    assert "| rebasin |" in text and "| relax |" in text
+    assert (tmp_path / "connect" / "results.csv").exists()

@@ -83,7 +83,7 @@ def shoot(
     space: WeightSpace,
     theta: Tensor,
     velocity: Tensor,
-    steps: int = 20,
+    steps: int = 10,
     *,
     damping: float | None = None,
     cg_maxiter: int | None = None,
