@@ -80,6 +80,20 @@ def test_sequential_methods_spend_the_same_budget(tiny_seq, method):
     assert 0 <= result.scores["avg_accuracy"] <= 1
 
 
+def test_geodesic_with_an_output_anchor_keeps_the_budget_and_the_frozen_reference(tiny_seq):
+    config = _config(anchor=5.0)
+    result = run_method("geodesic", tiny_seq, "mlp", config, seed=0, model_config={"hidden": [16]})
+    assert result.grad_evals == [12, 12, 12]
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)))
+    learner = make_learner("geodesic", fmodel, tiny_seq, config, seed=0)
+    theta0 = learner.learn(0, fmodel.theta()).theta
+    learner.after_task(0, theta0)
+    learner.learn(1, theta0)
+    # the reference stays the outputs of the task's start, not of the moving network
+    assert torch.equal(learner.reference, fmodel(theta0, learner.memory.inputs()))
+
+
 def test_joint_gets_the_total_budget(tiny_seq):
     result = run_method("joint", tiny_seq, "mlp", _config(), seed=0, model_config={"hidden": [16]})
     assert result.grad_evals == [36]

@@ -51,6 +51,8 @@ def _strengths(text: str | None) -> dict[str, float]:
               help="How the geodesic step solves (G + μI)^-1 ∇L (see README).")
 @click.option("--damping", default=None, type=float,
               help="μ of the geodesic method (default 0.01; tuned with --tune).")
+@click.option("--anchor", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Geodesic only: weight of a Bhattacharyya pull of the memory's outputs back to the task's start (0: off).")
 @click.option("--strength", default=None,
               help="Penalty strengths, e.g. ewc=1000,si=1 (default: the tuned defaults).")
 @click.option("--tune", is_flag=True, help="Tune each penalised method's strength (and μ) on a validation split.")
@@ -75,7 +77,7 @@ def _strengths(text: str | None) -> dict[str, float]:
 @data_options
 @common_options
 @out_options
-def continual(tasks, n_tasks, scenario, methods, metric, solver, damping, strength, tune, seeds, base,
+def continual(tasks, n_tasks, scenario, methods, metric, solver, damping, anchor, strength, tune, seeds, base,
               model_name, budget, lr, batch_size, memory, rank, refresh, cg_iters, step_size, max_train,
               data_root, download, seed, device, out, overwrite):
     """Learn a sequence of tasks one after the other; write results.csv, summary.md, heat maps, plots."""
@@ -90,7 +92,7 @@ def continual(tasks, n_tasks, scenario, methods, metric, solver, damping, streng
     config = ContinualConfig(
         budget=budget, batch_size=batch_size, lr=lr, memory_per_task=memory, metric=metric, solver=solver,
         rank=min(rank, max(1, budget - 1)), refresh=refresh, cg_iters=cg_iters, step_size=step_size,
-        strengths=strengths,
+        anchor=anchor, strengths=strengths,
     )
     result = run_experiment(
         out, tasks=tasks, n_tasks=n_tasks, scenario=scenario, methods=chosen,

@@ -50,7 +50,7 @@ from weightgeo.metrics import Metric, build_metric
 from weightgeo.metrics.diagonal_fisher import DiagonalOperator
 from weightgeo.objectives import TaskLoss
 from weightgeo.paths import fip as fip_tracer
-from weightgeo.paths import traverse
+from weightgeo.paths import output_distance, traverse
 
 METHODS: tuple[str, ...] = (
     "geodesic", "fip", "finetune", "ewc", "online-ewc", "si", "l2", "replay", "joint",
@@ -95,6 +95,7 @@ class ContinualConfig:
     online_gamma: float = 1.0
     si_xi: float = 0.1
     fip_distance: str = "bhattacharyya"
+    anchor: float = 0.0
     target_accuracy: float | None = None
     strengths: dict[str, float] = field(default_factory=dict)
 
@@ -215,12 +216,15 @@ class Learner:
                     group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * step / steps))
                 x, y = self.batch(t, x, y, generator)
                 loss = self.loss(param, t, x, y)
-                (g,) = torch.autograd.grad(loss, param)
+                extra = self.anchor_loss(param)
+                (g,) = torch.autograd.grad(loss, param, retain_graph=extra is not None)
                 before = param.detach().clone()
                 with torch.no_grad():
                     d = self.direction(param.detach(), g)
                     penalty = self.penalty_grad(param.detach())
                     param.grad = d if penalty is None else d + penalty
+                if extra is not None:  # not preconditioned: it pulls the old outputs back
+                    param.grad += torch.autograd.grad(extra, param)[0]
                 opt.step()
                 self.after_step(before, param.detach(), g)
                 step += 1
@@ -231,6 +235,10 @@ class Learner:
 
     def loss(self, theta: Tensor, t: int, x: Tensor, y: Tensor) -> Tensor:
         return self.task_loss(theta, t, x, y)
+
+    def anchor_loss(self, theta: Tensor) -> Tensor | None:
+        """A loss term whose gradient is added after :meth:`direction` (None: none)."""
+        return None
 
     # -- the protocol -------------------------------------------------------------------
     def learn(self, t: int, theta: Tensor) -> Learned:
@@ -404,6 +412,7 @@ class Geodesic(Learner):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.space: WeightSpace | None = None
+        self.reference: Tensor | None = None
         self.build_cost = 0
         self.step = 0
 
@@ -435,9 +444,28 @@ class Geodesic(Learner):
     def before_task(self, t, theta):
         self.space = None
         self.step = 0
+        self.reference = None
         if len(self.memory) == 0 or self.config.solver not in ("kfac", "nystrom"):
             return 0
+        if self.config.anchor > 0:
+            with torch.no_grad():  # the frozen outputs of the task's start on the memory
+                self.reference = self.fmodel(theta.detach(), self.memory.inputs(), self.buffers)
+            self.anchor_generator = torch.Generator().manual_seed(self.seed * 1000 + 600 + t)
         return self._build_space(theta)
+
+    def anchor_loss(self, theta):
+        """anchor · D(f(x; θ), f(x; θ₀)) on a memory minibatch (``anchor`` > 0 only).
+
+        Evaluated on the same forward/backward budget as a replay step (counted with the
+        task gradient as one evaluation); its gradient is not preconditioned.
+        """
+        if self.reference is None:
+            return None
+        inputs = self.memory.inputs()
+        index = torch.randint(len(inputs), (self.config.batch_size,), generator=self.anchor_generator)
+        index = index.to(inputs.device)
+        logits = self.logits(theta, inputs[index])
+        return self.config.anchor * output_distance(logits, self.reference[index], self.config.fip_distance)
 
     def refresh_cost(self, steps: int) -> int:
         if self.space is None or self.config.refresh <= 0:
