@@ -218,3 +218,13 @@ def test_vgg11_on_fake_cifar_end_to_end(tmp_path) -> None:
     net = load_sparse(tmp_path / "run" / "checkpoints" / "obd_s90_b12.pt")
     assert net.fmodel.has_batch_norm
     assert measured_sparsity(net.theta, net.fmodel.weight_mask()) == pytest.approx(0.9, abs=1e-4)
+
+
+def test_papers_natural_gradient_step_is_exact_and_within_budget() -> None:
+    task = _tiny_task(step="natural-gradient", cg_iters=3, step_size=0.2, path_share=0.6)
+    results = METHODS["geodesic"](task, [0.5, 0.9], 60)
+    for r in results:
+        zeros = int(((r.theta == 0) & task.eligible).sum())
+        assert zeros == round(r.sparsity * int(task.eligible.sum()))
+        assert 0 < r.grad_evals <= 60
+    assert results[-1].path is not None and len(results[-1].path) > 3  # traverse took steps

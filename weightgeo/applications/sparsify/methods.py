@@ -439,6 +439,8 @@ def geodesic_path(
             theta = path.end * keep
             path.append(theta, euclidean_length=torch.linalg.vector_norm(theta - path.end),
                         grad_evals=spent, stage_sparsity=level)
+        if evaluate is not None and requested is not None:
+            path.update_last(**evaluate(theta, level))  # before the distillation
         if requested is not None:
             planned += distill_at[requested]
             theta, used, buffers = distill(theta, keep, min(budget, int(planned)) - spent, buffers)
