@@ -188,6 +188,8 @@ def _gram_eigh(x: Tensor) -> tuple[Tensor, Tensor]:
     if m >= d:
         return torch.linalg.eigh(x.T @ x / m)
     lam, v = torch.linalg.eigh(x @ x.T / m)
+    if not bool(torch.isfinite(lam).all()):
+        raise WeightgeoError("the network's activations are not finite: the metric cannot be built")
     keep = lam > 1e-12 * lam.max().clamp_min(1e-300)
     lam, v = lam[keep], v[:, keep]
     return lam, (x.T @ v) / (m * lam).sqrt()
@@ -195,5 +197,7 @@ def _gram_eigh(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def _keep(q: Tensor, eigenvalues: Tensor, relative: float = 1e-7) -> tuple[Tensor, Tensor]:
     """The eigenpairs above ``relative`` × the largest (the rest act as exact zeros)."""
+    if eigenvalues.numel() == 0:
+        return q, eigenvalues
     keep = eigenvalues > relative * eigenvalues.max().clamp_min(torch.finfo(eigenvalues.dtype).tiny)
     return q[:, keep], eigenvalues[keep]

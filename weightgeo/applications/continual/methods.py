@@ -81,7 +81,7 @@ class ContinualConfig:
 
     budget: int = 315
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     memory_per_task: int = 100
     metric: str = "output"
