@@ -362,7 +362,8 @@ def geodesic_path(
 ) -> tuple[Path, list[SparseResult]]:
     """One label-free path from the dense network through every level of ``levels`` in turn.
 
-    At each stage of the gradual schedule (:func:`stage_levels`) the mask is re-ranked by
+    At each stage of the gradual schedule (:func:`stage_levels`; coarsened when the budget
+    is too small to project at every stage) the mask is re-ranked by
     magnitude at the current point, then the stage's step is taken under the metric
     (re-estimated on a fresh unlabelled batch at every stage):
 
@@ -384,6 +385,14 @@ def geodesic_path(
     levels = _levels(levels)
     budget = _check_budget(budget)
     schedule = stage_levels(levels, s.stage_ratio)
+    if s.step == "projection":
+        # a small budget cannot pay for every stage: coarsen the schedule until the
+        # projections take at most half of it (a stage without its projection would be
+        # plain magnitude pruning, and the late, hard stages are the ones that need it)
+        ratio, most = s.stage_ratio, max(1, budget // 2 // (s.cg_iters + 1))
+        while len(schedule) > most and ratio < 1e6:
+            ratio *= 1.25
+            schedule = stage_levels(levels, ratio)
     batches = task.input_batches(s.metric_batch, s.seed)
     metric = build_metric(s.metric, task.fmodel, next(batches))
     space = WeightSpace(task.fmodel, metric, damping=s.damping, cg_maxiter=s.cg_iters)
