@@ -50,7 +50,7 @@ def _strengths(text: str | None) -> dict[str, float]:
 @click.option("--solver", default="kfac", show_default=True, type=click.Choice(SOLVERS),
               help="How the geodesic step solves (G + μI)^-1 ∇L (see README).")
 @click.option("--damping", default=None, type=float,
-              help="μ of the geodesic method (default 0.01; tuned with --tune).")
+              help="μ of the geodesic method (default 0.1; tuned with --tune).")
 @click.option("--anchor", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Geodesic only: weight of a Bhattacharyya pull of the memory's outputs back to the task's start (0: off).")
 @click.option("--strength", default=None,
