@@ -21,7 +21,7 @@ from weightgeo.commands.options import data_options, parse_choices, path_options
               help="Points evaluated along each path, evenly spaced by arc length.")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1),
               help="Training minibatch of every method that trains.")
-@click.option("--task-weight", default=5.0, show_default=True, type=float,
+@click.option("--task-weight", default=20.0, show_default=True, type=float,
               help="relax: weight of the task loss at the nodes against the energy divided by the straight line's (0: energy only).")
 @click.option("--traverse-weight", default=100.0, show_default=True, type=float,
               help="traverse: weight of the task loss beside ½||θ − θ_b||² (0: the target alone).")

@@ -19,6 +19,7 @@ network = 1, a metric-vector product = 1).
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class Setting:
     budget: int = 3000
     batch_size: int = 128
     metric_batch: int = 256
-    task_weight: float = 5.0
+    task_weight: float = 20.0
     traverse_weight: float = 100.0
     relax_lr: float = 1e-3
     reparametrize_every: int = 0
@@ -78,7 +79,13 @@ class Setting:
                            cg_maxiter=self.cg_iters)
 
     def directory(self, name: str) -> FilePath | None:
-        return None if self.paths_dir is None else self.paths_dir / name
+        """A fresh ``paths/<name>`` (an earlier run's files there are removed: paths append)."""
+        if self.paths_dir is None:
+            return None
+        directory = self.paths_dir / name
+        if directory.exists():
+            shutil.rmtree(directory)
+        return directory
 
     def batches(self, offset: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Shuffled training minibatches, endlessly (reproducible from the seed)."""

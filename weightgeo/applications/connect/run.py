@@ -10,6 +10,7 @@ method); ``evaluation.csv`` (every method's loss and accuracy at each evaluated 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -124,6 +125,8 @@ def connect_networks(
 def _save_curve(directory: Path, result: MethodResult) -> None:
     if result.path is not None and result.path.directory is not None:
         return  # streamed there by its tracer
+    if directory.exists():
+        shutil.rmtree(directory)  # an earlier run's path (with --overwrite): paths append
     path = WeightPath(result.curve.start, directory=directory, save_every=1,
                       meta={"method": result.name, "curve": result.curve.kind, **result.info})
     for k, theta in enumerate(result.curve.control_points()):
