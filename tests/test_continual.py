@@ -94,6 +94,15 @@ def test_geodesic_with_an_output_anchor_keeps_the_budget_and_the_frozen_referenc
     assert torch.equal(learner.reference, fmodel(theta0, learner.memory.inputs()))
 
 
+def test_a_target_accuracy_stops_a_task_early(tiny_seq):
+    reached = run_method("finetune", tiny_seq, "mlp", _config(target_accuracy=0.0), seed=0,
+                         model_config={"hidden": [16]})
+    assert reached.grad_evals == [1, 1, 1]  # the first minibatch already has accuracy ≥ 0
+    never = run_method("finetune", tiny_seq, "mlp", _config(target_accuracy=1.0), seed=0,
+                       model_config={"hidden": [16]})
+    assert never.grad_evals == [12, 12, 12]
+
+
 def test_joint_gets_the_total_budget(tiny_seq):
     result = run_method("joint", tiny_seq, "mlp", _config(), seed=0, model_config={"hidden": [16]})
     assert result.grad_evals == [36]

@@ -73,12 +73,14 @@ def _strengths(text: str | None) -> dict[str, float]:
               help="Re-estimate the geodesic metric every this many steps (0: once per task).")
 @click.option("--cg-iters", default=3, show_default=True, type=click.IntRange(min=1), help="CG products per step (solvers cg, traverse).")
 @click.option("--step-size", default=0.05, show_default=True, type=float, help="Step length (solver traverse).")
+@click.option("--target-accuracy", default=None, type=click.FloatRange(0, 1),
+              help="Stop a task early once the minibatch training accuracy reaches this (fraction).")
 @click.option("--max-train", default=None, type=click.IntRange(min=1), help="At most this many training examples per task.")
 @data_options
 @common_options
 @out_options
 def continual(tasks, n_tasks, scenario, methods, metric, solver, damping, anchor, strength, tune, seeds, base,
-              model_name, budget, lr, batch_size, memory, rank, refresh, cg_iters, step_size, max_train,
+              model_name, budget, lr, batch_size, memory, rank, refresh, cg_iters, step_size, target_accuracy, max_train,
               data_root, download, seed, device, out, overwrite):
     """Learn a sequence of tasks one after the other; write results.csv, summary.md, heat maps, plots."""
     chosen = parse_choices(methods, METHODS, "method")
@@ -92,7 +94,7 @@ def continual(tasks, n_tasks, scenario, methods, metric, solver, damping, anchor
     config = ContinualConfig(
         budget=budget, batch_size=batch_size, lr=lr, memory_per_task=memory, metric=metric, solver=solver,
         rank=min(rank, max(1, budget - 1)), refresh=refresh, cg_iters=cg_iters, step_size=step_size,
-        anchor=anchor, strengths=strengths,
+        anchor=anchor, target_accuracy=target_accuracy, strengths=strengths,
     )
     result = run_experiment(
         out, tasks=tasks, n_tasks=n_tasks, scenario=scenario, methods=chosen,

@@ -183,7 +183,9 @@ class Learner:
         return self.fmodel(theta, x, self.buffers)
 
     def task_loss(self, theta: Tensor, t: int, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(mask_logits(self.logits(theta, x), self.seq.allowed(t)), y)
+        logits = mask_logits(self.logits(theta, x), self.seq.allowed(t))
+        self.last_accuracy = (logits.detach().argmax(-1) == y).float().mean()
+        return F.cross_entropy(logits, y)
 
     def penalty_grad(self, theta: Tensor) -> Tensor | None:
         """The gradient of a quadratic penalty (closed form, no network pass)."""
@@ -208,9 +210,14 @@ class Learner:
         param = theta.detach().clone().requires_grad_(True)
         opt = torch.optim.SGD([param], lr=config.lr, momentum=config.momentum)
         step = 0
+        self.last_accuracy = None
         while step < steps:
             for x, y in data.batches(config.batch_size, shuffle=True, generator=generator):
                 if step >= steps:
+                    break
+                if (config.target_accuracy is not None and self.last_accuracy is not None
+                        and bool(self.last_accuracy >= config.target_accuracy)):  # stop test
+                    steps = step
                     break
                 for group in opt.param_groups:
                     group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * step / steps))
