@@ -225,3 +225,15 @@ def test_readme_custom_metric_example():
     assert torch.allclose(sol.x, 1 / scales)
     assert torch.allclose(metric.dense(theta), torch.diag(scales))
     assert float(metric.norm(theta, g)) == pytest.approx(7**0.5)
+
+
+def test_diagonal_fisher_charges_its_construction_once(model_case):
+    """The diagonal costs about one batch gradient per class: the first solve reports it."""
+    _, model, x = model_case
+    theta = FunctionalModel(model).theta()
+    op = DiagonalFisher(model, x).at(theta)
+    classes = FunctionalModel(model)(theta, x).shape[-1]
+    g = torch.randn_like(theta)
+    assert op.solve(g, 0.1).products == classes
+    assert op.solve(g, 0.1).products == 0
+    assert DiagonalFisher(model, x, targets=torch.zeros(len(x), dtype=torch.long)).at(theta).solve(g, 0.1).products == 1

@@ -20,9 +20,12 @@ from weightgeo.metrics.base import Metric, MetricOperator, Solution
 class DiagonalOperator(MetricOperator):
     """diag(d) bound to θ: products are elementwise, the damped solve is exact."""
 
-    def __init__(self, metric: Metric, theta: Tensor, diag: Tensor) -> None:
+    def __init__(self, metric: Metric, theta: Tensor, diag: Tensor, build_cost: int = 0) -> None:
         super().__init__(metric, theta)
         self.diag = diag
+        # Building the diagonal costs about one batch gradient per class; the first solve
+        # reports it as its products, so tracers charge it once per point.
+        self._unpaid = build_cost
 
     def __matmul__(self, v: Tensor) -> Tensor:
         return self.diag * v if v.dim() == 1 else self.diag[:, None] * v
@@ -31,7 +34,8 @@ class DiagonalOperator(MetricOperator):
         denominator = self.diag + damping
         if damping <= 0:
             denominator = denominator.clamp_min(torch.finfo(g.dtype).tiny)
-        return Solution(g / denominator, torch.zeros((), device=g.device), 0, 0)
+        products, self._unpaid = self._unpaid, 0
+        return Solution(g / denominator, torch.zeros((), device=g.device), 0, products)
 
     def dense(self) -> Tensor:
         return torch.diag(self.diag)
@@ -93,7 +97,13 @@ class DiagonalFisher(Metric):
         return total / self.inputs.shape[0]
 
     def at(self, theta: Tensor) -> DiagonalOperator:
-        return DiagonalOperator(self, theta, self.diagonal(theta))
+        diag = self.diagonal(theta)
+        classes = 1 if self.targets is not None else self._num_classes(theta)
+        return DiagonalOperator(self, theta, diag, build_cost=classes)
+
+    def _num_classes(self, theta: Tensor) -> int:
+        with torch.no_grad():
+            return int(self.model(theta, self.inputs[:1]).shape[-1])
 
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
         return self.diagonal(theta) * v
