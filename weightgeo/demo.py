@@ -19,7 +19,6 @@ import torch
 from weightgeo.applications.connect.demo import section_connect
 from weightgeo.applications.continual.demo import section_continual
 from weightgeo.applications.sparsify.demo import section_sparsify
-from weightgeo.applications.sparsify.demo import section_sparsify
 from weightgeo.data import Data, load_dataset
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
@@ -113,7 +112,7 @@ def section_target(ctx: DemoContext) -> str:
     )
 
 
-SECTIONS: list[Callable[[DemoContext], str]] = [section_train, section_target, section_continual, section_connect, section_sparsify, section_sparsify]
+SECTIONS: list[Callable[[DemoContext], str]] = [section_train, section_target, section_continual, section_connect, section_sparsify]
 """The demo's sections, in order; applications append theirs."""
 
 
