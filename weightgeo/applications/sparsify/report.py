@@ -59,10 +59,15 @@ def accuracy_vs_budget(path: str | os.PathLike, rows: list[dict], dense: float, 
         ax.errorbar(xs, [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", markersize=3,
                     capsize=2, label=m)
     ax.axhline(100 * dense, color="gray", linestyle="--", linewidth=1, label=f"dense {100 * dense:.2f}%")
+    # zoom on the competitive methods: curves more than 8 points below dense leave the axes
+    near = [100 * r["test_accuracy"] for r in rows
+            if r["sparsity"] == sparsity and r["test_accuracy"] >= dense - 0.08]
+    if near:
+        ax.set_ylim(min(near) - 0.5, 100 * dense + 0.7)
     ax.set_xscale("log")
     ax.set_xlabel("budget (gradient evaluations)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Accuracy against budget at {100 * sparsity:g}% sparsity")
+    ax.set_title(f"Accuracy against budget at {100 * sparsity:g}% sparsity (zoomed)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
