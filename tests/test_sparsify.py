@@ -228,3 +228,13 @@ def test_papers_natural_gradient_step_is_exact_and_within_budget() -> None:
         assert zeros == round(r.sparsity * int(task.eligible.sum()))
         assert 0 < r.grad_evals <= 60
     assert results[-1].path is not None and len(results[-1].path) > 3  # traverse took steps
+
+
+@pytest.mark.parametrize("metric", ["fisher", "diag-fisher", "euclidean"])
+def test_geodesic_under_every_metric_is_exact_and_within_budget(metric: str) -> None:
+    task = _tiny_task(metric=metric)
+    for budget in (5, 40):
+        for r in METHODS["geodesic"](task, [0.5, 0.9], budget):
+            zeros = int(((r.theta == 0) & task.eligible).sum())
+            assert zeros == round(r.sparsity * int(task.eligible.sum()))
+            assert r.grad_evals <= budget
