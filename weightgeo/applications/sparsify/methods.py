@@ -46,7 +46,8 @@ class SparsifySettings:
     euclidean) averaged over ``metric_batch`` unlabelled inputs, re-drawn at every stage;
     ``damping`` μ; ``cg_iters`` per step; ``step`` "projection" or "natural-gradient" (the
     papers' ``traverse``, with ``step_size``, ``step_norm``, ``path_share`` of the budget);
-    ``stage_ratio`` for the gradual schedule; ``one_path``: all levels read off one path.
+    ``stage_ratio`` for the gradual schedule; ``one_path``: all levels read off one path;
+    ``distill_every_stage``: distil after every stage, not only at the requested levels.
     """
 
     metric: str = "output"
@@ -63,6 +64,7 @@ class SparsifySettings:
     include_biases: bool = False
     rerank_every: int = 0
     one_path: bool = False
+    distill_every_stage: bool = False
     finetune_share: float = 0.5
     lr_finetune: float = 0.01
     lr_distill: float = 0.003
@@ -411,8 +413,9 @@ def geodesic_path(
     # shared in proportion to the log-compression each level adds
     per_stage = s.cg_iters + 1 if s.step == "projection" else int(s.path_share * budget / len(schedule))
     path_cost = min(budget, per_stage * len(schedule))
-    gains = [math.log1p(-a) - math.log1p(-b) for a, b in zip([0.0, *levels[:-1]], levels, strict=True)]
-    distill_at = {lv: (budget - path_cost) * g / sum(gains) for lv, g in zip(levels, gains, strict=True)}
+    stops = [a for a, r in schedule if r is not None or s.distill_every_stage]
+    gains = [math.log1p(-a) - math.log1p(-b) for a, b in zip([0.0, *stops[:-1]], stops, strict=True)]
+    distill_at = {lv: (budget - path_cost) * g / sum(gains) for lv, g in zip(stops, gains, strict=True)}
     planned = 0.0
     objective = task.sparsity_objective(schedule[0][0])
     spent = 0
@@ -450,8 +453,8 @@ def geodesic_path(
                         grad_evals=spent, stage_sparsity=level)
         if evaluate is not None and requested is not None:
             path.update_last(**evaluate(theta, level))  # before the distillation
-        if requested is not None:
-            planned += distill_at[requested]
+        if level in distill_at:
+            planned += distill_at[level]
             theta, used, buffers = distill(theta, keep, min(budget, int(planned)) - spent, buffers)
             spent += used
             path.append(theta, euclidean_length=torch.linalg.vector_norm(theta - path.end),
