@@ -194,3 +194,21 @@ def test_streamed_path_holds_no_waypoints_in_memory(net, tmp_path):
     tensors = [v for v in vars(path).values() if isinstance(v, torch.Tensor)]
     assert len(tensors) == 2 and not path._memory_waypoints
     assert len(list((tmp_path / "p" / "waypoints").glob("point_*.pt"))) == 61
+
+
+def test_a_new_path_replaces_one_in_the_same_directory(net, tmp_path):
+    model, _, theta_a, theta_b, _ = net
+    traverse(WeightSpace(model), TargetPoint(theta_b), step_size=0.01, max_steps=12, start=theta_a,
+             directory=tmp_path / "p", save_every=5)
+    second = traverse(WeightSpace(model), TargetPoint(theta_b), step_size=0.01, max_steps=3,
+                      start=theta_a, directory=tmp_path / "p", save_every=5)
+    loaded = Path.load(tmp_path / "p")
+    assert len(loaded) == 4 and loaded.saved_points == [0, 3]  # nothing appended to the old one
+    assert loaded.euclidean_length == pytest.approx(second.euclidean_length)
+
+
+def test_functional_model_of_a_functional_model_shares_it(net):
+    _, fmodel, theta_a, _, x = net
+    again = FunctionalModel(fmodel)
+    assert again.n == fmodel.n and again.names == fmodel.names
+    assert torch.equal(again(theta_a, x), fmodel(theta_a, x))

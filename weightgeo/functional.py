@@ -36,9 +36,10 @@ class FunctionalModel:
         n: the dimension of weight space (number of trainable scalars).
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        if isinstance(model, FunctionalModel):
-            model = model.module
+    def __init__(self, model: nn.Module | FunctionalModel) -> None:
+        if isinstance(model, FunctionalModel):  # share the other's private copy
+            self.__dict__.update(model.__dict__)
+            return
         self.module: nn.Module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)

@@ -90,6 +90,11 @@ class Path:
         self._memory_waypoints: dict[int, Tensor] = {}
         self._saved_points: list[int] = []
         if self.directory is not None:
+            # A new path replaces one left in the same directory (continuing one is
+            # Path.resume's job): its files are removed, never appended to.
+            for stale in [self.directory / _RECORDS, self.directory / _SUMMARY,
+                          *(self.directory / _WAYPOINTS).glob("point_*.pt")]:
+                stale.unlink(missing_ok=True)
             (self.directory / _WAYPOINTS).mkdir(parents=True, exist_ok=True)
 
     # -- growing ---------------------------------------------------------------------
