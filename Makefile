@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install demo test lint bench clean
+.PHONY: all install demo test lint bench bench-sparsify bench-continual bench-connect clean
 
 all: test
 
@@ -34,6 +34,26 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install --quiet curvlinops-for-pytorch
 	$(PY) benchmarks/metric_products.py
+	$(PY) benchmarks/relax_batched.py --nodes 16
+
+# The applications' benchmarks (tens of minutes each on 2 cores; see BENCHMARKS.md).
+BENCH_RUNS := runs/bench
+$(BENCH_RUNS)/mlp_s%/model.pt: $(STAMP)
+	$(VENV)/bin/weightgeo train --model mlp --dataset mnist5k --seed $* --out $(BENCH_RUNS)/mlp_s$* --overwrite
+
+BENCH_MLPS := $(BENCH_RUNS)/mlp_s0/model.pt $(BENCH_RUNS)/mlp_s1/model.pt $(BENCH_RUNS)/mlp_s2/model.pt
+
+bench-sparsify: $(BENCH_MLPS)
+	for s in 0 1 2; do $(PY) benchmarks/sparsify_sweep.py run $(BENCH_RUNS)/mlp_s$$s --out $(BENCH_RUNS)/sparsify --seed $$s --budgets 200,500,1000,2000,4000; done
+	$(PY) benchmarks/sparsify_sweep.py report --out $(BENCH_RUNS)/sparsify
+
+bench-continual: $(STAMP)
+	$(PY) benchmarks/continual_bar.py --root $(BENCH_RUNS)/continual
+
+bench-connect: $(BENCH_MLPS)
+	for p in "0 1" "0 2" "1 2"; do set -- $$p; \
+	  $(VENV)/bin/weightgeo connect $(BENCH_RUNS)/mlp_s$$1 $(BENCH_RUNS)/mlp_s$$2 --out $(BENCH_RUNS)/connect_$$1_$$2 --overwrite; done
+	$(PY) benchmarks/connect_pairs.py $(BENCH_RUNS)/connect_0_1 $(BENCH_RUNS)/connect_0_2 $(BENCH_RUNS)/connect_1_2
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache

@@ -30,7 +30,6 @@ from weightgeo import FisherMetric, FunctionalModel, OutputMetric
 from weightgeo.data import load_dataset
 from weightgeo.models import build_model
 
-
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 CLOCK = "wall"
 

@@ -12,6 +12,7 @@ from weightgeo.commands.options import (
     out_options,
     parse_choices,
     parse_list,
+    positive_float,
 )
 from weightgeo.data.datasets import DATASET_NAMES
 from weightgeo.errors import WeightgeoError
@@ -65,14 +66,15 @@ def _strengths(text: str | None) -> dict[str, float]:
 @click.option("--budget", default=315, show_default=True, type=click.IntRange(min=1),
               help="Gradient evaluations per task for every sequential method (joint: × tasks).")
 @click.option("--lr", default=0.01, show_default=True, type=float, help="SGD learning rate (cosine per task).")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Training minibatch size.")
 @click.option("--memory", default=100, show_default=True, type=click.IntRange(min=1),
               help="Stored inputs per earlier task (geodesic, fip, replay).")
 @click.option("--rank", default=40, show_default=True, type=click.IntRange(min=1), help="Nyström rank (solver nystrom).")
 @click.option("--refresh", default=0, show_default=True, type=click.IntRange(min=0),
               help="Re-estimate the geodesic metric every this many steps (0: once per task).")
 @click.option("--cg-iters", default=3, show_default=True, type=click.IntRange(min=1), help="CG products per step (solvers cg, traverse).")
-@click.option("--step-size", default=0.05, show_default=True, type=float, help="Step length (solver traverse).")
+@click.option("--step-size", default=0.05, show_default=True, type=float, callback=positive_float,
+              help="Step length (solver traverse).")
 @click.option("--target-accuracy", default=None, type=click.FloatRange(0, 1),
               help="Stop a task early once the minibatch training accuracy reaches this (fraction).")
 @click.option("--max-train", default=None, type=click.IntRange(min=1), help="At most this many training examples per task.")
