@@ -5,6 +5,10 @@ torch.func: at a point θ one reverse-mode linearisation ``vjp`` is recorded, an
 J v is obtained as the vjp of that (linear) vjp map — the "double-vjp" trick — so
 every later product G v = Jᵀ H (J v) costs about one backward pass of the
 recorded graph plus one backward of the backward, with no new forward pass.
+
+A single product at a new θ (``mvp``) takes a cheaper route: one forward pass with
+dual numbers gives f and J v together (forward-mode AD), and one backward pass of the
+same graph gives Jᵀ H J v — about 1.8 forward+backward passes in all.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from abc import abstractmethod
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import vjp
 
@@ -73,4 +78,25 @@ class PullbackMetric(Metric):
         return PullbackOperator(self, theta)
 
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
-        return self.at(theta) @ v
+        """G(θ) v from scratch: one dual-number forward pass and one backward pass."""
+        if v.dim() != 1:
+            return self.at(theta) @ v
+        try:
+            return self._single_product(theta, v)
+        except (RuntimeError, NotImplementedError):  # an operation without forward-mode AD
+            return self.at(theta) @ v
+
+    def _single_product(self, theta: Tensor, v: Tensor) -> Tensor:
+        self.model.check(theta)
+        point = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            with fwAD.dual_level():
+                dual = self.model(fwAD.make_dual(point, v.detach()), self.inputs)
+                primal, tangent = fwAD.unpack_dual(dual)
+                if tangent is None:
+                    raise RuntimeError("the forward pass lost its tangent")
+                tangent = tangent.detach()
+            # The backward pass runs outside the dual level, so it carries no tangents.
+            cotangent = self.output_product(primal.detach(), tangent) / primal.shape[0]
+            (product,) = torch.autograd.grad(primal, point, cotangent)
+        return product
