@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from weightgeo.commands.options import common_options, out_options
@@ -18,7 +20,6 @@ def demo(quick, seed, device, out, overwrite):
                        log=lambda msg: click.echo(f"[demo] {msg}", err=True))
     click.echo(f"Done. Summary: {summary}")
     for line in summary.read_text().splitlines():
-        if line.startswith("![") or "](" in line:
-            continue
-        click.echo(line)
+        # Image links become the plots' paths, so the terminal summary links them too.
+        click.echo(re.sub(r"!\[[^\]]*\]\(([^)]+)\)", lambda m: f"[plot: {summary.parent / m.group(1)}]", line))
     click.echo(f"Plots: {', '.join(str(p) for p in sorted(summary.parent.rglob('*.png')))}")
