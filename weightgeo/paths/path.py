@@ -53,6 +53,12 @@ def _atomic_write_text(text: str, target: FilePath) -> None:
     os.replace(tmp, target)
 
 
+def _read_waypoint(directory: FilePath, k: int) -> Tensor:
+    """θ_k from its file; weights_only, so a file from elsewhere never runs code."""
+    file = directory / _WAYPOINTS / f"point_{k:07d}.pt"
+    return torch.load(file, map_location="cpu", weights_only=True)["theta"]
+
+
 def _to_python(value: Any) -> Any:
     # Logging: the host sync of a path happens here, once per flush, never per step.
     if isinstance(value, Tensor):
@@ -206,10 +212,7 @@ class Path:
             raise WeightgeoError(f"point {k} was not saved (saved every {self.save_every} points)")
         if self.directory is None:
             return self._memory_waypoints[k]
-        blob = torch.load(
-            self.directory / _WAYPOINTS / f"point_{k:07d}.pt", map_location="cpu", weights_only=True
-        )
-        return blob["theta"].to(self.start.device)
+        return _read_waypoint(self.directory, k).to(self.start.device)
 
     def waypoints(self) -> Iterator[tuple[int, Tensor]]:
         """The saved points (k, θ_k), in order, loaded one at a time."""
@@ -251,15 +254,9 @@ class Path:
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
         last = saved[-1]
 
-        def read(k: int) -> Tensor:
-            blob = torch.load(
-                directory / _WAYPOINTS / f"point_{k:07d}.pt", map_location="cpu", weights_only=True
-            )
-            return blob["theta"]
-
         path = cls.__new__(cls)
-        path.start = read(saved[0])
-        path.end = read(last)
+        path.start = _read_waypoint(directory, saved[0])
+        path.end = _read_waypoint(directory, last)
         path.directory = directory
         path.save_every = int(summary.get("save_every", 10))
         path.meta = summary.get("meta", {})
