@@ -95,7 +95,7 @@ def continual(tasks, n_tasks, scenario, methods, metric, solver, damping, anchor
         raise WeightgeoError(f"--lr must be positive, got {lr}")
     config = ContinualConfig(
         budget=budget, batch_size=batch_size, lr=lr, memory_per_task=memory, metric=metric, solver=solver,
-        rank=min(rank, max(1, budget - 1)), refresh=refresh, cg_iters=cg_iters, step_size=step_size,
+        rank=rank, refresh=refresh, cg_iters=cg_iters, step_size=step_size,
         anchor=anchor, target_accuracy=target_accuracy, strengths=strengths,
     )
     result = run_experiment(

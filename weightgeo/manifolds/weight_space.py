@@ -136,10 +136,22 @@ class WeightSpace(geoopt.Manifold):
     def norm(self, x: Tensor, u: Tensor, *, keepdim: bool = False) -> Tensor:
         return torch.sqrt(self.inner(x, u, keepdim=keepdim).clamp_min(0))
 
-    def natural_gradient(self, x: Tensor, g: Tensor, damping: float | None = None) -> Solution:
-        """(G(x) + μI)^{-1} g, with the solve's residual and cost."""
+    def natural_gradient(
+        self,
+        x: Tensor,
+        g: Tensor,
+        damping: float | None = None,
+        maxiter: int | None = None,
+        tol: float | None = None,
+    ) -> Solution:
+        """(G(x) + μI)^{-1} g on this (possibly masked) space, with the solve's residual and cost.
+
+        ``damping``, ``maxiter`` and ``tol`` default to the space's own settings.
+        """
         mu = self.damping if damping is None else damping
-        return self.operator(x).solve(self.proju(x, g), mu, self.cg_maxiter, self.cg_tol)
+        maxiter = self.cg_maxiter if maxiter is None else maxiter
+        tol = self.cg_tol if tol is None else tol
+        return self.operator(x).solve(self.proju(x, g), mu, maxiter, tol)
 
     def egrad2rgrad(self, x: Tensor, u: Tensor) -> Tensor:
         """The Riemannian (damped natural) gradient (G(x) + μI)^{-1} u."""

@@ -123,9 +123,10 @@ def fip(
         for step in range(max_steps + 1):
             objective_value, objective_grad = objective.value_and_grad(theta.detach())
             spent += objective.cost
-            segment = torch.linalg.vector_norm(theta.detach() - previous)
+            current = theta.detach().clone()  # θ is updated in place by the optimiser
+            segment = torch.linalg.vector_norm(current - previous)
             k = path.append(
-                theta.detach().clone(),
+                current,
                 objective=objective_value,
                 grad_evals=spent,
                 euclidean_length=segment,
@@ -158,7 +159,7 @@ def fip(
             if normalize:
                 total = total / torch.linalg.vector_norm(total).clamp_min(1e-30)
             theta.grad = total
-            previous = theta.detach().clone()
+            previous = current
             opt.step()
             with torch.no_grad():
                 theta.copy_(space.projx(theta))

@@ -131,7 +131,7 @@ def traverse(
                     stop_reason = "callback"
                     break
             # Stop tests: each reads one value from the device.
-            if not bool(torch.isfinite(value)) or not bool(torch.isfinite(grad).all()):
+            if not bool(torch.isfinite(value) & torch.isfinite(grad).all()):
                 stop_reason = "non-finite"
                 break
             if objective.done(theta):
@@ -140,16 +140,14 @@ def traverse(
             if steps_taken >= max_steps:
                 stop_reason = "max-steps"
                 break
-            if inputs is not None:
-                space = space.with_inputs(next(inputs))
-            grad = space.proju(theta, grad)
-            operator = space.operator(theta)
             if budget is not None and spent + maxiter + objective.cost > budget:
                 stop_reason = "budget"
                 break
-            solution = operator.solve(grad, mu, maxiter, tol)
+            if inputs is not None:
+                space = space.with_inputs(next(inputs))
+            solution = space.natural_gradient(theta, grad, mu, maxiter, tol)
             spent += solution.products
-            x = solution.x
+            x = solution.x  # lies in the (masked) space, so x·grad = x·proju(grad)
             metric_sq = (x @ grad - mu * (x @ x)).clamp_min(0)
             euclid = torch.linalg.vector_norm(x)
             if step_norm == "euclidean":
