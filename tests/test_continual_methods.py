@@ -1,0 +1,465 @@
+"""Continual-learning methods checked for what they claim, on tiny hand-built task sequences.
+
+Each test states a property that a wrong sign, scale, index, split or reference would break:
+EWC's and online EWC's penalties against Fishers from a per-example loop, SI's importance
+against its formula along a hand-made path, L2's anchor, fip's strength, the accuracy matrix
+and the tuning split of sequences whose accuracies are known by construction, the geodesic
+direction against a dense float64 solve, replay's labels and output units, the budgets, and
+one end-to-end number on mnist5k (the geodesic method forgets less than fine-tuning).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightgeo.applications.continual import (
+    ContinualConfig,
+    make_learner,
+    run_method,
+    tune_strength,
+)
+from weightgeo.applications.continual.methods import empirical_fisher_diagonal
+from weightgeo.data.core import Data
+from weightgeo.data.tasks import Task, TaskSequence, make_task_sequence, mask_logits
+from weightgeo.functional import FunctionalModel
+from weightgeo.metrics import OutputMetric
+
+SHAPE = (1, 2, 3)  # six input features
+CLASSES = 3  # classes per task
+
+
+def synthetic_sequence(scenario: str = "domain", n_tasks: int = 2, n_train: int = 48, n_eval: int = 24,
+                       seed: int = 0) -> TaskSequence:
+    """Tasks of three classes each, y = argmax of a random linear teacher of Gaussian inputs.
+
+    domain: one 3-unit head; task / class: task i owns units 3i, 3i+1, 3i+2.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    outputs = CLASSES if scenario == "domain" else CLASSES * n_tasks
+    tasks = []
+    for i in range(n_tasks):
+        teacher = torch.randn(6, CLASSES, generator=generator)
+        shift = 0 if scenario == "domain" else CLASSES * i
+        splits = []
+        for n in (n_train, n_eval, n_eval):
+            x = torch.randn(n, *SHAPE, generator=generator)
+            splits.append(Data(x, (x.reshape(n, -1) @ teacher).argmax(1) + shift, outputs, f"synthetic-{i}"))
+        tasks.append(Task(i, f"synthetic {i}", *splits, tuple(range(shift, shift + CLASSES))))
+    return TaskSequence("synthetic", scenario, tasks, outputs, "synthetic", seed)
+
+
+def small_net(outputs: int, hidden: int = 5) -> FunctionalModel:
+    torch.manual_seed(0)
+    return FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, hidden), nn.Tanh(), nn.Linear(hidden, outputs)))
+
+
+def config(**kw) -> ContinualConfig:
+    return ContinualConfig(**{"budget": 13, "batch_size": 16, "memory_per_task": 6, **kw})
+
+
+def perturbed(theta: torch.Tensor, seed: int, scale: float = 0.3) -> torch.Tensor:
+    return theta + scale * torch.randn(theta.shape, generator=torch.Generator().manual_seed(seed))
+
+
+def fisher_by_loop(fmodel, theta, x, y, allowed) -> torch.Tensor:
+    """(1/m) Σ_i (∇ CE(masked f(x_i; θ), y_i))², one example at a time."""
+    total = torch.zeros_like(theta)
+    for xi, yi in zip(x, y):
+        t = theta.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(mask_logits(fmodel(t, xi[None]), allowed), yi[None])
+        total += torch.autograd.grad(loss, t)[0].square()
+    return total / len(x)
+
+
+# -- EWC, online EWC, SI, L2: the penalties -----------------------------------------------------
+
+
+def test_empirical_fisher_diagonal_matches_a_per_example_loop_in_float64():
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 5)).double())
+    theta = fmodel.theta()
+    x, y = torch.randn(7, 4, dtype=torch.float64), torch.tensor([1, 2, 1, 3, 2, 2, 1])
+    allowed = torch.tensor([False, True, True, True, False])  # a task owning units 1-3
+    fisher = empirical_fisher_diagonal(fmodel, theta, x, y, allowed, chunk=3)
+    expected = fisher_by_loop(fmodel, theta, x, y, allowed)
+    assert torch.allclose(fisher, expected, rtol=1e-10, atol=1e-14)
+    assert not torch.allclose(fisher, fisher_by_loop(fmodel, theta, x, y, None))  # the mask matters
+
+
+def test_ewc_penalty_gradient_is_the_fisher_weighted_pull_back_to_every_old_solution():
+    seq = synthetic_sequence("task", 2, n_train=20)
+    fmodel = small_net(seq.num_outputs)
+    learner = make_learner("ewc", fmodel, seq, config(fisher_samples=64, strengths={"ewc": 3.0}))
+    anchors = [perturbed(fmodel.theta(), k) for k in range(2)]
+    fishers = [fisher_by_loop(fmodel, a, seq.tasks[k].train.x, seq.tasks[k].train.y, seq.allowed(k))
+               for k, a in enumerate(anchors)]
+    theta = perturbed(fmodel.theta(), 7)
+    assert learner.penalty_grad(theta) is None  # no earlier task, no penalty
+
+    learner.after_task(0, anchors[0])
+    grad = learner.penalty_grad(theta)
+    assert torch.allclose(grad, 3.0 * fishers[0] * (theta - anchors[0]), rtol=1e-4, atol=1e-8)
+    assert float((theta - anchors[0]) @ grad) > 0  # it points back toward the old weights
+
+    learner.after_task(1, anchors[1])
+    expected = 3.0 * sum(f * (theta - a) for f, a in zip(fishers, anchors))
+    assert torch.allclose(learner.penalty_grad(theta), expected, rtol=1e-4, atol=1e-8)
+    # ... which is the gradient of (λ/2) Σ_k F_k ⊙ (θ − θ_k)²
+    t = theta.clone().requires_grad_(True)
+    energy = 1.5 * sum((f * (t - a).square()).sum() for f, a in zip(fishers, anchors))
+    assert torch.allclose(learner.penalty_grad(theta), torch.autograd.grad(energy, t)[0], rtol=1e-4, atol=1e-8)
+
+
+def test_online_ewc_keeps_one_decayed_fisher_at_the_latest_solution():
+    seq = synthetic_sequence("task", 3, n_train=20)
+    fmodel = small_net(seq.num_outputs)
+    gamma, strength = 0.5, 2.0
+    learner = make_learner("online-ewc", fmodel, seq,
+                           config(fisher_samples=64, online_gamma=gamma, strengths={"online-ewc": strength}))
+    anchors = [perturbed(fmodel.theta(), k) for k in range(3)]
+    running = None
+    theta = perturbed(fmodel.theta(), 7)
+    for k, anchor in enumerate(anchors):
+        learner.after_task(k, anchor)
+        fisher = fisher_by_loop(fmodel, anchor, seq.tasks[k].train.x, seq.tasks[k].train.y, seq.allowed(k))
+        running = fisher if running is None else gamma * running + fisher  # F̃ ← γF̃ + F_k
+        assert torch.allclose(learner.penalty_grad(theta), strength * running * (theta - anchor),
+                              rtol=1e-4, atol=1e-8), k
+
+
+def test_l2_penalty_gradient_pulls_to_the_previous_task_solution():
+    seq = synthetic_sequence("domain", 2, n_train=20)
+    fmodel = small_net(seq.num_outputs)
+    learner = make_learner("l2", fmodel, seq, config(strengths={"l2": 0.7}))
+    theta = perturbed(fmodel.theta(), 7)
+    assert learner.penalty_grad(theta) is None
+    for k in range(2):
+        anchor = perturbed(fmodel.theta(), k)
+        learner.after_task(k, anchor)
+        assert torch.allclose(learner.penalty_grad(theta), 0.7 * (theta - anchor), rtol=1e-6, atol=1e-8)
+
+
+def test_si_importance_is_the_path_integral_over_the_squared_displacement():
+    # Gradient descent on L(θ) = ½ Σ a ⊙ (θ − c)², one coordinate pushed uphill by hand.
+    seq = synthetic_sequence("domain", 2, n_train=20)
+    fmodel = small_net(seq.num_outputs)
+    xi, c_strength, lr = 0.1, 4.0, 0.2
+    learner = make_learner("si", fmodel, seq, config(si_xi=xi, strengths={"si": c_strength}))
+    n = fmodel.theta().numel()
+    generator = torch.Generator().manual_seed(3)
+    omega = torch.zeros(n)
+    theta = torch.randn(n, generator=generator)
+    for task in range(2):
+        a, centre = torch.rand(n, generator=generator) + 0.5, torch.randn(n, generator=generator)
+        start, integral = theta.clone(), torch.zeros(n)
+        learner.before_task(task, theta)
+        for _ in range(6):
+            g = a * (theta - centre)
+            step = -lr * g
+            step[0] = lr * g[0]  # uphill on coordinate 0: its importance is clamped to 0
+            learner.after_step(theta, theta + step, g)
+            integral -= g * step
+            theta = theta + step
+        learner.after_task(task, theta)
+        omega += integral.clamp_min(0) / ((theta - start).square() + xi)  # summed over tasks
+        probe = perturbed(theta, 11 + task)
+        expected = 2 * c_strength * omega * (probe - theta)  # ∇ c Σ Ω (θ − θ*)²
+        assert torch.allclose(learner.penalty_grad(probe), expected, rtol=1e-5, atol=1e-7)
+        assert (omega[1:] > 0).all() and omega[0] == 0  # positive where the path lowered the loss
+
+
+# -- the penalties in training: every penalised method moves less in its own penalty --------------
+
+
+@pytest.mark.parametrize(("method", "strength"), [("ewc", 20.0), ("online-ewc", 20.0), ("si", 5.0), ("l2", 1.0)])
+def test_penalised_training_stays_closer_to_the_old_solution_than_finetune(method, strength):
+    seq = synthetic_sequence("domain", 2, n_train=64)
+    fmodel = small_net(seq.num_outputs)
+    cfg = config(budget=40, lr=0.05, strengths={method: strength})
+    learner = make_learner(method, fmodel, seq, cfg)
+    theta0 = learner.learn(0, fmodel.theta()).theta
+    learner.after_task(0, theta0)
+    penalised = learner.learn(1, theta0).theta
+    finetuned = make_learner("finetune", fmodel, seq, cfg).learn(1, theta0).theta
+    energy = lambda th: float((th - theta0) @ learner.penalty_grad(th))  # noqa: E731 - Σ M (θ − θ₀)²
+    assert 0 < energy(penalised) < 0.5 * energy(finetuned)
+
+
+# -- fip ------------------------------------------------------------------------------------------
+
+
+def test_fip_first_step_on_a_new_task_is_the_plain_gradient_step_for_every_strength():
+    # D(f(θ), f(θ₀)) is flat at θ₀, so the first step is −lr ∇CE whatever the strength s.
+    seq = synthetic_sequence("task", 2, n_train=20)
+    fmodel = small_net(seq.num_outputs)
+    theta0 = perturbed(fmodel.theta(), 1)
+    data = seq.tasks[1].train
+    t = theta0.clone().requires_grad_(True)
+    ce = F.cross_entropy(mask_logits(fmodel(t, data.x), seq.allowed(1)), data.y)
+    expected = theta0 - 0.05 * torch.autograd.grad(ce, t)[0]
+    for s in (0.3, 30.0):
+        # budget 3 = the objective at θ₀ + one step (D and the objective at θ₁); full batches
+        learner = make_learner("fip", fmodel, seq, config(budget=3, batch_size=64, lr=0.05, strengths={"fip": s}))
+        learner.after_task(0, theta0)
+        learned = learner.learn(1, theta0)
+        assert learned.grad_evals == 3
+        assert torch.allclose(learned.theta, expected, rtol=1e-5, atol=1e-6), s
+
+
+def test_fip_larger_strength_keeps_the_memory_outputs_closer():
+    seq = synthetic_sequence("domain", 2, n_train=64)
+    fmodel = small_net(seq.num_outputs)
+    changes = {}
+    for s in (0.3, 30.0):
+        learner = make_learner("fip", fmodel, seq, config(budget=41, lr=0.05, strengths={"fip": s}))
+        theta0 = learner.learn(0, fmodel.theta()).theta
+        learner.after_task(0, theta0)
+        theta1 = learner.learn(1, theta0).theta
+        x = learner.memory.inputs()
+        changes[s] = float((fmodel(theta1, x) - fmodel(theta0, x)).square().mean())
+    assert 0 < changes[30.0] < 0.5 * changes[0.3]
+
+
+# -- the geodesic method --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("solver", "cost"), [("kfac", CLASSES + 1), ("nystrom", 14)])
+def test_geodesic_direction_is_mu_times_the_damped_dense_solve_for_one_linear_layer(solver, cost):
+    # One linear layer: K-FAC of the output metric is exact, and G has rank 3·4 = 12 < 14 = the
+    # Nyström rank, so both solvers give μ (G_old + μI)^{-1} ∇L of the memory of BOTH old tasks.
+    seq = synthetic_sequence("domain", 3, n_train=20)
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)))
+    mu = 0.05
+    learner = make_learner("geodesic", fmodel, seq, config(budget=30, memory_per_task=2, solver=solver,
+                                                           rank=14, strengths={"geodesic": mu}))
+    for k in range(2):
+        learner.after_task(k, perturbed(fmodel.theta(), k))
+    theta = perturbed(fmodel.theta(), 5)
+    assert learner.before_task(2, theta) == cost
+    g = torch.randn(theta.shape, generator=torch.Generator().manual_seed(9))
+    direction = learner.direction(theta, g).double()
+    inputs = learner.memory.inputs()
+    assert inputs.shape[0] == 4
+    dense_model = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)).double())
+    G = OutputMetric(dense_model, inputs.double()).at(theta.double()).dense()
+    expected = mu * torch.linalg.solve(G + mu * torch.eye(len(theta), dtype=torch.float64), g.double())
+    assert torch.allclose(direction, expected, rtol=1e-3, atol=1e-5)
+    assert float((direction - g.double()).norm()) > 0.1 * float(g.norm())  # not the plain gradient
+
+
+def test_geodesic_learning_changes_the_memory_outputs_less_than_finetune():
+    seq = synthetic_sequence("domain", 2, n_train=64)
+    fmodel = small_net(seq.num_outputs, hidden=8)
+    cfg = config(budget=40, lr=0.05, memory_per_task=4, strengths={"geodesic": 1e-3})
+    geodesic = make_learner("geodesic", fmodel, seq, cfg)
+    theta0 = geodesic.learn(0, fmodel.theta()).theta
+    geodesic.after_task(0, theta0)
+    theta_geo = geodesic.learn(1, theta0).theta
+    theta_ft = make_learner("finetune", fmodel, seq, cfg).learn(1, theta0).theta
+    x = geodesic.memory.inputs()
+    change = lambda th: float((fmodel(th, x) - fmodel(theta0, x)).square().mean())  # noqa: E731
+    assert change(theta_geo) < 0.2 * change(theta_ft)
+    new = seq.tasks[1].train
+    loss = lambda th: float(F.cross_entropy(fmodel(th, new.x), new.y))  # noqa: E731
+    assert loss(theta_geo) < loss(theta0) - 0.1  # and it still learns the new task
+
+
+# -- replay and the output units of each scenario ------------------------------------------------
+
+
+def _owner(seq: TaskSequence, row: torch.Tensor) -> tuple[int, int]:
+    """(task, label) of the training example whose input is ``row``."""
+    for k, task in enumerate(seq.tasks):
+        flat = task.train.x.reshape(len(task.train), -1)
+        hits = (flat == row.reshape(-1)).all(1).nonzero()
+        if len(hits):
+            return k, int(task.train.y[hits[0, 0]])
+    raise AssertionError("a replayed input is no task's training input")
+
+
+def _units(seq: TaskSequence, task: int, scenario: str) -> torch.Tensor | None:
+    """The documented output units: task — its own; class — those of tasks 0…task; domain — all."""
+    if scenario == "domain":
+        return None
+    mask = torch.zeros(seq.num_outputs, dtype=torch.bool)
+    first = CLASSES * task if scenario == "task" else 0
+    mask[first : CLASSES * (task + 1)] = True
+    return mask
+
+
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_task_loss_uses_the_scenarios_output_units(scenario):
+    seq = synthetic_sequence(scenario, 3, n_train=20)
+    fmodel = small_net(seq.num_outputs)
+    learner = make_learner("finetune", fmodel, seq, config())
+    theta = perturbed(fmodel.theta(), 1)
+    x, y = seq.tasks[1].train.x, seq.tasks[1].train.y
+    logits = fmodel(theta, x)
+    loss = learner.task_loss(theta, 1, x, y)
+    expected = F.cross_entropy(mask_logits(logits, _units(seq, 1, scenario)), y)
+    assert torch.allclose(loss, expected, rtol=1e-6)
+    if scenario != "domain":  # the other scenarios' units give other losses
+        for other in {"task", "class", "domain"} - {scenario}:
+            wrong = F.cross_entropy(mask_logits(logits, _units(seq, 1, other)), y)
+            assert not torch.allclose(loss, wrong, rtol=1e-3), other
+
+
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_replay_trains_on_stored_examples_with_their_labels_and_units(scenario):
+    seq = synthetic_sequence(scenario, 3, n_train=20)
+    fmodel = small_net(seq.num_outputs)
+    learner = make_learner("replay", fmodel, seq, config(memory_per_task=5))
+    theta = perturbed(fmodel.theta(), 1)
+    learner.after_task(0, theta)
+    learner.after_task(1, theta)
+    x, y = seq.tasks[2].train.x[:8], seq.tasks[2].train.y[:8]
+    bx, by = learner.batch(2, x, y, torch.Generator().manual_seed(0))
+    assert bx.shape[0] == 16 and torch.equal(bx[:8], x) and torch.equal(by[:8], y)
+    owners = [2] * 8
+    for row, label in zip(bx[8:], by[8:]):
+        task, stored_label = _owner(seq, row)
+        assert task in (0, 1) and int(label) == stored_label  # an earlier task's example, its own label
+        owners.append(task)
+    assert len(set(owners[8:])) == 2  # both earlier tasks are replayed
+    logits = fmodel(theta, bx)
+    if scenario == "task":  # each example on its own task's units
+        per_example = [F.cross_entropy(mask_logits(logits[i : i + 1], _units(seq, k, "task")), by[i : i + 1])
+                       for i, k in enumerate(owners)]
+        expected = torch.stack(per_example).mean()
+    else:  # class: the units of every task seen so far; domain: all
+        expected = F.cross_entropy(mask_logits(logits, _units(seq, 2, scenario)), by)
+    assert torch.allclose(learner.loss(theta, 2, bx, by), expected, rtol=1e-6)
+
+
+# -- budgets ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "settings"),
+    [("finetune", {}), ("l2", {}), ("si", {}), ("ewc", {}), ("online-ewc", {}), ("replay", {}), ("fip", {}),
+     ("geodesic", {}), ("geodesic", {"solver": "nystrom", "rank": 5}), ("geodesic", {"refresh": 3}),
+     ("geodesic", {"anchor": 1.0})],
+)
+def test_every_sequential_method_spends_exactly_its_budget_per_task(method, settings):
+    seq = synthetic_sequence("domain", 3, n_train=40)
+    result = run_method(method, seq, "mlp", config(**settings), seed=0, model_config={"hidden": [5]})
+    assert result.grad_evals == [13, 13, 13]
+
+
+@pytest.mark.parametrize("solver", ["cg", "traverse"])
+def test_geodesic_per_step_solvers_stay_within_the_budget(solver):
+    seq = synthetic_sequence("domain", 3, n_train=40)
+    result = run_method("geodesic", seq, "mlp", config(solver=solver, cg_iters=2), seed=0,
+                        model_config={"hidden": [5]})
+    assert result.grad_evals[0] == 13 and all(10 <= spent <= 13 for spent in result.grad_evals[1:])
+
+
+@pytest.mark.parametrize(
+    ("method", "bookkeeping"),
+    [("finetune", [0, 0, 0]), ("l2", [0, 0, 0]), ("si", [0, 0, 0]), ("replay", [0, 0, 0]),
+     ("ewc", [3, 3, 3]), ("online-ewc", [3, 3, 3]), ("geodesic", [0, CLASSES + 1, CLASSES + 1])],
+)
+def test_sequential_methods_take_the_steps_their_budget_pays_for(method, bookkeeping):
+    # ewc: a Fisher of the 40 examples costs ⌈40/16⌉ = 3; geodesic: K-FAC costs C + 1 products.
+    seq = synthetic_sequence("domain", 3, n_train=40)
+    fmodel = small_net(seq.num_outputs)
+    learner = make_learner(method, fmodel, seq, config())
+    steps: list[int] = []
+    original = learner.after_step
+    learner.after_step = lambda *args: (steps.append(1), original(*args))
+    theta = fmodel.theta()
+    for t in range(3):
+        before = len(steps)
+        learned = learner.learn(t, theta)
+        theta = learned.theta
+        learner.after_task(t, theta)
+        assert learned.grad_evals == 13 and len(steps) - before == 13 - bookkeeping[t], t
+
+
+def test_joint_takes_the_total_budget_in_steps():
+    seq = synthetic_sequence("domain", 3, n_train=40)
+    result = run_method("joint", seq, "mlp", config(), seed=0, model_config={"hidden": [5]})
+    assert result.grad_evals == [39]
+    assert all(math.isnan(v) for row in result.matrix[:-1] for v in row)
+
+
+# -- the accuracy matrix and the tuning split -----------------------------------------------------
+
+
+def _labels(share_of_one: float, n: int = 20) -> list[int]:
+    k = round(share_of_one * n)
+    return [1] * k + [0] * (n - k)
+
+
+def constant_sequence() -> TaskSequence:
+    """Two class-incremental tasks on one constant input; task 0 owns unit 0, task 1 unit 1.
+
+    Every input is the same, so the network predicts one unit for all of them: unit 0 while
+    only task 0 is seen (the only allowed unit), unit 1 after task 1 (trained on label 1 with
+    units {0, 1}). A split's accuracy is then the share of its labels equal to that unit, so
+    the matrix is known: test [[0.6, —], [0.4, 0.75]], validation [[0.2, —], [0.8, 0.9]].
+    """
+    def data(labels: list[int]) -> Data:
+        y = torch.tensor(labels)
+        return Data(torch.ones(len(y), *SHAPE), y, 3, "constant")
+
+    task0 = Task(0, "unit 0", data([0] * 20), data(_labels(0.8)), data(_labels(0.4)), (0,))
+    task1 = Task(1, "unit 1", data([1] * 20), data(_labels(0.9)), data(_labels(0.75)), (1,))
+    return TaskSequence("constant", "class", [task0, task1], 3, "constant", 0)
+
+
+@pytest.mark.parametrize(("split", "expected"), [("test", [[0.6, None], [0.4, 0.75]]),
+                                                 ("val", [[0.2, None], [0.8, 0.9]])])
+def test_accuracy_matrix_of_a_hand_built_sequence_has_the_known_entries(split, expected):
+    result = run_method("finetune", constant_sequence(), "mlp", config(budget=30, lr=0.5, batch_size=8),
+                        seed=0, split=split, model_config={"hidden": [4]})
+    assert math.isnan(result.matrix[0][1])
+    got = [result.matrix[0][0], result.matrix[1][0], result.matrix[1][1]]
+    assert got == pytest.approx([expected[0][0], expected[1][0], expected[1][1]], abs=1e-9)
+    assert result.scores["avg_accuracy"] == pytest.approx((expected[1][0] + expected[1][1]) / 2)
+    assert result.scores["bwt"] == pytest.approx(expected[1][0] - expected[0][0])
+
+
+def _poisoned(seq: TaskSequence, split: str) -> TaskSequence:
+    """``seq`` with the labels of ``split`` moved to the next class (accuracy scrambled)."""
+    def poison(data: Data) -> Data:
+        return Data(data.x, (data.y + 1) % CLASSES, data.num_classes, data.name)
+
+    return replace(seq, tasks=[replace(t, **{split: poison(getattr(t, split))}) for t in seq.tasks])
+
+
+def test_tuning_reads_the_validation_split_and_never_the_test_split():
+    seq = synthetic_sequence("domain", 2, n_train=64)
+    grid = (1e-3, 1.0, 30.0)
+
+    def tune(s):
+        best, trials = tune_strength("l2", s, "mlp", config(budget=30, lr=0.05), 0, "cpu", grid=grid,
+                                     model_config={"hidden": [5]})
+        return best, [t["val_avg_accuracy"] for t in trials]
+
+    best, clean = tune(seq)
+    assert len(set(clean)) == len(grid)  # the strengths differ on validation: a real choice
+    assert tune(_poisoned(seq, "test")) == (best, clean)
+    best_val, poisoned = tune(_poisoned(seq, "val"))
+    assert all(p != c for p, c in zip(poisoned, clean)) and best_val != best
+
+
+# -- end to end on real data -------------------------------------------------------------------------
+
+
+def test_geodesic_forgets_less_than_finetune_on_two_permuted_mnist5k_tasks():
+    seq = make_task_sequence("permuted-mnist", "domain", 2, seed=0, max_train=1000)
+    cfg = ContinualConfig(budget=100, memory_per_task=100)
+    finetune = run_method("finetune", seq, "mlp", cfg, seed=0).scores
+    geodesic = run_method("geodesic", seq, "mlp", cfg, seed=0).scores
+    assert finetune["avg_accuracy"] > 0.75  # both learn (chance: 0.1)
+    assert geodesic["forgetting"] < finetune["forgetting"] - 0.03
+    assert geodesic["bwt"] > finetune["bwt"] + 0.03
+    assert geodesic["avg_accuracy"] >= finetune["avg_accuracy"]
