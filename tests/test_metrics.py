@@ -142,13 +142,54 @@ def test_batch_norm_in_train_mode_is_evaluated_without_side_effects():
 
 
 def test_dropout_is_off_inside_products():
+    """Products of a network with dropout equal the dense metric of the same network without it."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3)).double()
+    first, last = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+    model = torch.nn.Sequential(first, torch.nn.Dropout(0.5), last).double().train()
+    without = FunctionalModel(torch.nn.Sequential(first, last))  # same θ, no dropout
     x = torch.randn(6, 4, dtype=torch.float64)
     theta = FunctionalModel(model).theta()
+    G = dense_output_metric(without, theta, x)
+    F = dense_fisher(without, theta, x)
+    for _ in range(2):
+        v = torch.randn_like(theta)
+        assert rel(OutputMetric(model, x).mvp(theta, v), G @ v) < 1e-10
+        assert rel(OutputMetric(model, x).at(theta) @ v, G @ v) < 1e-10
+        assert rel(FisherMetric(model, x).mvp(theta, v), F @ v) < 1e-10
+
+
+@pytest.mark.parametrize("name", ["output", "fisher", "diag-fisher", "euclidean"])
+def test_metric_names_build_the_metric_they_name(model_case, name):
+    _, model, x = model_case
+    fmodel = FunctionalModel(model)
+    theta = fmodel.theta()
+    reference = {
+        "output": lambda: dense_output_metric(fmodel, theta, x),
+        "fisher": lambda: dense_fisher(fmodel, theta, x),
+        "diag-fisher": lambda: torch.diag(torch.diagonal(dense_fisher(fmodel, theta, x))),
+        "euclidean": lambda: torch.eye(len(theta), dtype=theta.dtype),
+    }[name]()
+    metric = build_metric(name, model, x)
+    assert rel(metric.dense(theta), reference) < 1e-8
     v = torch.randn_like(theta)
-    metric = OutputMetric(model, x)
-    assert torch.equal(metric.mvp(theta, v), metric.mvp(theta, v))
+    assert rel(metric.mvp(theta, v), reference @ v) < 1e-8
+
+
+def test_diagonal_fisher_on_new_inputs(model_case):
+    _, model, x = model_case
+    fmodel = FunctionalModel(model)
+    theta = fmodel.theta()
+    x2 = torch.randn_like(x)
+    other = DiagonalFisher(model, x, chunk_size=2).with_inputs(x2)
+    expected = torch.diagonal(dense_fisher(fmodel, theta, x2))
+    assert rel(other.diagonal(theta), expected) < 1e-8
+    y = torch.arange(len(x)) % 3
+    empirical = DiagonalFisher(model, x, targets=y)
+    with pytest.raises(WeightgeoError, match="needs targets"):
+        empirical.with_inputs(x2)
+    moved = empirical.with_inputs(x2, y.flip(0))
+    assert rel(moved.diagonal(theta), DiagonalFisher(model, x2, targets=y.flip(0)).diagonal(theta)) < 1e-12
+    assert rel(moved.diagonal(theta), empirical.diagonal(theta)) > 1e-3
 
 
 def test_with_inputs_reestimates_on_a_new_batch(model_case):
@@ -177,6 +218,10 @@ def test_conjugate_gradient_on_a_known_system():
     sol = conjugate_gradient(lambda v: A @ v, b, maxiter=10, tol=1e-14)
     assert torch.allclose(sol.x, torch.tensor([1 / 11, 7 / 11], dtype=torch.float64))
     assert sol.iterations == 2  # CG is exact in n steps
+    warm = conjugate_gradient(lambda v: A @ v, b, maxiter=10, tol=1e-14, x0=sol.x + 0.1)
+    assert torch.allclose(warm.x, sol.x) and warm.products == warm.iterations + 1  # r₀ = b − A x₀
+    started = conjugate_gradient(lambda v: A @ v, b, maxiter=10, tol=1e-14, x0=sol.x)
+    assert started.iterations == 0 and torch.equal(started.x, sol.x)
     with pytest.raises(WeightgeoError):
         conjugate_gradient(lambda v: A @ v, b, maxiter=0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -164,10 +165,84 @@ def test_fip_keeps_outputs_and_reduces_objective(net):
     path = fip(model, objective, x, start=theta_a, lam=1.0, lr=0.05, max_steps=30, distance="squared")
     assert path.grad_evals == 30 * 2 + 1  # D and the task loss per step, and the last objective
     assert path.column("objective")[-1] < path.column("objective")[0]
-    # frozen reference: the distance is measured to θ_a's outputs
-    assert float(output_distance(fmodel(theta_a, x), fmodel(theta_a, x))) == 0.0
-    p = torch.tensor([[0.0, 0.0]])
-    assert float(output_distance(p, p, "bhattacharyya")) == pytest.approx(0.0, abs=1e-12)
+
+
+# -- the output distances of fip -------------------------------------------------------------
+def _logits(seed: int, shape=(9, 5)) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_squared_output_distance_is_the_mean_squared_logit_change():
+    a, b = _logits(0), _logits(1)
+    expected = sum(float(((a[i] - b[i]) ** 2).sum()) for i in range(len(a))) / len(a)
+    assert float(output_distance(a, b, "squared")) == pytest.approx(expected, rel=1e-12)
+    assert float(output_distance(a, b, "squared")) == pytest.approx(
+        float(output_distance(b, a, "squared")), rel=1e-12)
+
+
+def test_bhattacharyya_distance_is_minus_log_of_the_coefficient():
+    a, b = _logits(0), _logits(1)
+    p, q = a.softmax(-1), b.softmax(-1)
+    by_hand = [-float(torch.log((p[i] * q[i]).sqrt().sum())) for i in range(len(a))]
+    assert float(output_distance(a, b, "bhattacharyya")) == pytest.approx(
+        sum(by_hand) / len(by_hand), rel=1e-12)
+    assert all(d > 0 for d in by_hand)  # different softmax outputs: a positive distance
+
+
+def test_bhattacharyya_distance_is_a_symmetric_nonnegative_divergence():
+    for seed in range(5):
+        a, b = _logits(2 * seed), 3 * _logits(2 * seed + 1)
+        d_ab = float(output_distance(a, b, "bhattacharyya"))
+        assert d_ab > 1e-3
+        assert d_ab == pytest.approx(float(output_distance(b, a, "bhattacharyya")), rel=1e-12)
+        # zero exactly for equal outputs (a logit shift per example leaves the softmax unchanged)
+        shifted = a + torch.randn(len(a), 1, dtype=torch.float64)
+        assert abs(float(output_distance(a, shifted, "bhattacharyya"))) < 1e-12
+    # nearly disjoint outputs, p ≈ (1, e⁻⁶⁰), q ≈ (e⁻⁶⁰, 1): Σ√(pq) ≈ 2e⁻³⁰, D ≈ 30 − log 2
+    far = torch.tensor([[60.0, 0.0]], dtype=torch.float64)
+    assert float(output_distance(far, far.flip(-1), "bhattacharyya")) == pytest.approx(
+        30.0 - math.log(2.0), rel=1e-9)
+
+
+def test_bhattacharyya_distance_is_an_eighth_of_the_fisher_form_for_small_changes():
+    """D(z + Δz, z) = (1/8) Δzᵀ (diag p − p pᵀ) Δz + O(|Δz|³) (PAPER.md)."""
+    z, direction = _logits(3, (1, 6))[0], _logits(4, (1, 6))[0]
+    p = z.softmax(-1)
+    fisher = torch.diag(p) - torch.outer(p, p)
+    for eps in (1e-2, 1e-3):
+        dz = eps * direction
+        expected = float(dz @ fisher @ dz) / 8
+        got = float(output_distance((z + dz)[None], z[None], "bhattacharyya"))
+        assert got == pytest.approx(expected, rel=10 * eps)
+
+
+def test_fip_converges_to_the_minimiser_of_the_penalty_on_a_linear_model():
+    """f = Wx: D = ΔθᵀGΔθ with G = mean JᵀJ, so D + λ·½||θ − θ_b||² has one minimiser
+    θ* = θ₀ + λ(2G + λI)⁻¹(θ_b − θ₀), reached only if λ is used and the reference is θ₀'s."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2, bias=False).double()
+    fmodel = FunctionalModel(model)
+    x = torch.randn(10, 3, dtype=torch.float64)
+    theta0 = fmodel.theta()
+    target = theta0 + torch.tensor([1.0, -0.5, 0.3, 0.8, 0.2, -1.0], dtype=torch.float64)
+    G = torch.kron(torch.eye(2, dtype=torch.float64), x.T @ x / len(x))  # J_x = I ⊗ xᵀ
+    for lam in (0.5, 2.0):
+        expected = theta0 + lam * torch.linalg.solve(2 * G + lam * torch.eye(6, dtype=torch.float64),
+                                                      target - theta0)
+        path = fip(model, TargetPoint(target), x, lam=lam, lr=0.05, momentum=0.5, max_steps=600,
+                   distance="squared", evaluate_every=1000)
+        torch.testing.assert_close(path.end, expected, atol=1e-8, rtol=0)
+
+
+def test_fip_first_step_is_lambda_times_the_objective_gradient(net):
+    """At θ₀ the distance term has zero gradient, so the first SGD step is −lr·λ·∇O(θ₀)."""
+    model, _, theta_a, theta_b, x = net
+    for lam in (0.25, 3.0):
+        for distance in ("squared", "bhattacharyya"):
+            path = fip(model, TargetPoint(theta_b), x, start=theta_a, lam=lam, lr=0.01,
+                       max_steps=1, distance=distance)
+            torch.testing.assert_close(path.end, theta_a - 0.01 * lam * (theta_a - theta_b),
+                                       atol=1e-12, rtol=0)
 
 
 def test_fip_normalized_steps_have_length_lr(net):

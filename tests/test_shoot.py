@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.func import grad, jacrev, jvp
 
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
@@ -67,19 +68,105 @@ def test_output_geodesic_is_not_a_straight_line_at_constant_speed_of_the_line():
     assert float((speeds.max() - speeds.min()) / speeds.mean()) > 0.05
 
 
-def test_expmap_calls_shoot_and_matches_its_end():
-    fm, x = _tanh_mlp()
-    space = WeightSpace(fm, OutputMetric(fm, x), damping=1e-4, cg_maxiter=8, cg_tol=1e-10)
+def _small_case():
+    """A float64 tanh MLP with n = 31 weights on 8 inputs, for dense references."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    return FunctionalModel(model), torch.randn(8, 3, dtype=torch.float64)
+
+
+def _dense_metric(fm, x, kind):
+    """θ ↦ G(θ) as a dense, differentiable matrix: (1/B) Σ J_xᵀ H J_x."""
+
+    def G(theta):
+        J = jacrev(lambda t: fm(t, x))(theta)
+        if kind == "output":
+            return torch.einsum("bcn,bcm->nm", J, J) / len(x)
+        p = fm(theta, x).softmax(-1)
+        H = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+        return torch.einsum("bcn,bcd,bdm->nm", J, H, J) / len(x)
+
+    return G
+
+
+def _dense_acceleration(G, theta, v, mu):
+    """θ'' of the geodesic of M = G + μI from the Euler–Lagrange equation of ½ θ'ᵀMθ':
+    M θ'' = −(dM[θ'] θ' − ½ ∇_θ (θ'ᵀ M θ'))."""
+    dGv = jvp(lambda t: G(t) @ v, (theta,), (v,))[1]
+    gradient = grad(lambda t: v @ G(t) @ v)(theta)
+    M = G(theta) + mu * torch.eye(len(theta), dtype=theta.dtype)
+    return -torch.linalg.solve(M, dGv - 0.5 * gradient)
+
+
+def test_euclidean_expmap_is_theta_plus_v_exactly():
+    fm, _ = _tanh_mlp()
     theta = fm.theta()
-    torch.manual_seed(2)
-    v = 0.1 * torch.randn(fm.n, dtype=torch.float64)
-    end = space.expmap(theta, v)
-    torch.testing.assert_close(end, shoot(space, theta, v, steps=10).end)
-    # exp of a small velocity is θ + v up to second order: the error shrinks like |v|².
-    small = 1e-2 * v
-    err_small = (shoot(space, theta, small, steps=2).end - theta - small).norm()
-    err = (end - theta - v).norm()
-    assert float(err_small) < 3e-3 * float(err)
+    v = torch.randn(fm.n, dtype=torch.float64)
+    assert torch.equal(WeightSpace(fm, Euclidean()).expmap(theta, v), theta + v)
+    mask = (torch.arange(fm.n) % 2).double()
+    masked = WeightSpace(fm, Euclidean(), mask=mask)
+    assert torch.equal(masked.expmap(masked.projx(theta), v), masked.projx(theta) + mask * v)
+
+
+@pytest.mark.parametrize(("kind", "metric_cls"), [("output", OutputMetric), ("fisher", FisherMetric)])
+def test_expmap_second_order_term_is_the_dense_geodesic_acceleration(kind, metric_cls):
+    """exp_θ(εu) = θ + εu + ½ε² a(θ, u) + O(ε³), with a from the dense Christoffel symbols."""
+    fm, x = _small_case()
+    theta = fm.theta()
+    torch.manual_seed(3)
+    u = torch.randn(fm.n, dtype=torch.float64)
+    G = _dense_metric(fm, x, kind)
+    space = WeightSpace(fm, metric_cls(fm, x), damping=1e-2, cg_maxiter=60, cg_tol=1e-11)
+    a = _dense_acceleration(G, theta, u, 1e-2)
+    eps = 1e-3
+    second_order = 2 * (space.expmap(theta, eps * u) - theta - eps * u) / eps**2
+    assert float((second_order - a).norm() / a.norm()) < 0.02
+    # an explicit damping overrides the space's: the geodesic of G + I
+    a_damped = _dense_acceleration(G, theta, u, 1.0)
+    end = shoot(space, theta, eps * u, steps=2, damping=1.0).end
+    assert float((2 * (end - theta - eps * u) / eps**2 - a_damped).norm() / a_damped.norm()) < 0.02
+    assert float((a_damped - a).norm() / a.norm()) > 0.2
+
+
+@pytest.mark.parametrize(("kind", "metric_cls"), [("output", OutputMetric), ("fisher", FisherMetric)])
+def test_short_geodesic_has_metric_length_eps_times_the_norm_of_u(kind, metric_cls):
+    fm, x = _small_case()
+    theta = fm.theta()
+    torch.manual_seed(4)
+    u = torch.randn(fm.n, dtype=torch.float64)
+    G = _dense_metric(fm, x, kind)
+    mu = 1e-2
+    eye = torch.eye(fm.n, dtype=torch.float64)
+    norm_u = float(u @ (G(theta) + mu * eye) @ u) ** 0.5
+    space = WeightSpace(fm, metric_cls(fm, x), damping=mu, cg_maxiter=60, cg_tol=1e-11)
+    for eps in (0.1, 0.01):
+        path = shoot(space, theta, eps * u, steps=5, save_every=1)
+        pts = [w for _, w in path.waypoints()]
+        dense_length = sum(
+            float(d @ (G(0.5 * (p + q)) + mu * eye) @ d) ** 0.5
+            for p, q in zip(pts[:-1], pts[1:], strict=True) for d in [q - p]
+        )
+        assert dense_length == pytest.approx(eps * norm_u, rel=1e-3)
+        assert path.metric_length == pytest.approx(dense_length, rel=1e-3)
+        assert path.records[0]["damped_speed"] == pytest.approx(eps * norm_u, rel=1e-9)
+        speed = float(u @ G(theta) @ u) ** 0.5
+        assert path.records[0]["speed"] == pytest.approx(eps * speed, rel=1e-9)
+
+
+def test_heun_and_rk4_integrate_the_same_geodesic():
+    fm, x = _small_case()
+    theta = fm.theta()
+    torch.manual_seed(5)
+    u = 0.1 * torch.randn(fm.n, dtype=torch.float64)
+    space = WeightSpace(fm, OutputMetric(fm, x), damping=1e-2, cg_maxiter=40, cg_tol=1e-10)
+    rk4 = shoot(space, theta, u, steps=2)
+    heun = shoot(space, theta, u, steps=8, integrator="heun")
+    bend = float((rk4.end - theta - u).norm())
+    assert bend > 0.05
+    assert float((heun.end - rk4.end).norm()) < 0.02 * bend
+    # an explicit CG cap is honoured: 2 products per solve, 4 solves per RK4 step and 1 at the end
+    capped = shoot(space, theta, u, steps=2, cg_maxiter=2)
+    assert capped.grad_evals == (4 * 2 + 1) * (2 + 3) and rk4.grad_evals > capped.grad_evals
 
 
 def test_shoot_refuses_metrics_without_a_geodesic_equation():

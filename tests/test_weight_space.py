@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from weightgeo import Euclidean, FunctionalModel, OutputMetric, WeightSpace
+from weightgeo import DiagonalFisher, Euclidean, FunctionalModel, OutputMetric, WeightSpace
 from weightgeo.errors import WeightgeoError
 
 
@@ -31,6 +31,57 @@ def test_inner_norm_and_natural_gradient(setup):
     assert float(space.norm(theta, u)) == pytest.approx(float(u @ G @ u) ** 0.5, rel=1e-10)
     expected = torch.linalg.solve(G + 0.1 * torch.eye(len(theta), dtype=G.dtype), u)
     assert torch.allclose(space.egrad2rgrad(theta, u), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_natural_gradient_honours_explicit_damping_iterations_and_tolerance(setup):
+    model, _, x, _, theta = setup
+    metric = OutputMetric(model, x)
+    space = WeightSpace(model, metric, damping=1e-3, cg_maxiter=200, cg_tol=1e-13)
+    G = metric.dense(theta)
+    eye = torch.eye(len(theta), dtype=G.dtype)
+    g = torch.randn_like(theta)
+    for mu in (0.0, 0.5, 3.0):  # none of them the space's own
+        if mu == 0.0:
+            g_range = G @ g  # a right-hand side in the range of the singular G
+            sol = space.natural_gradient(theta, g_range, damping=mu)
+            torch.testing.assert_close(G @ sol.x, g_range, atol=1e-9, rtol=0)
+            continue
+        sol = space.natural_gradient(theta, g, damping=mu)
+        torch.testing.assert_close(sol.x, torch.linalg.solve(G + mu * eye, g), atol=1e-10, rtol=0)
+        assert float(sol.residual) < 1e-11
+    # the space's own damping when none is given
+    torch.testing.assert_close(space.natural_gradient(theta, g).x,
+                               torch.linalg.solve(G + 1e-3 * eye, g), atol=1e-7, rtol=1e-7)
+    capped = space.natural_gradient(theta, g, damping=0.5, maxiter=2)
+    assert capped.iterations == 2 and capped.products == 2
+    true_residual = ((G + 0.5 * eye) @ capped.x - g).norm() / g.norm()
+    assert float(capped.residual) == pytest.approx(float(true_residual), rel=1e-8)
+    loose = space.natural_gradient(theta, g, damping=0.5, tol=0.2)
+    assert float(loose.residual) <= 0.2 and loose.products < space.natural_gradient(theta, g, 0.5).products
+
+
+def test_masked_natural_gradient_with_explicit_damping(setup):
+    model, _, x, _, theta = setup
+    metric = OutputMetric(model, x)
+    mask = (torch.arange(len(theta)) % 2 == 0).double()
+    space = WeightSpace(model, metric, damping=1e-3, mask=mask, cg_maxiter=200, cg_tol=1e-13)
+    free = mask.bool()
+    G = metric.dense(theta)[free][:, free]
+    g = torch.randn_like(theta)
+    got = space.natural_gradient(theta, g, damping=2.0).x
+    expected = torch.zeros_like(theta)
+    expected[free] = torch.linalg.solve(G + 2.0 * torch.eye(int(free.sum()), dtype=G.dtype), g[free])
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    # metrics with an exact solve take the explicit damping too, masked or not
+    euclidean = WeightSpace(model, damping=1e-3)
+    torch.testing.assert_close(euclidean.natural_gradient(theta, g, damping=1.0).x, g / 2)
+    torch.testing.assert_close(euclidean.with_mask(mask).natural_gradient(theta, g, damping=3.0).x,
+                               mask * g / 4)
+    diagonal = DiagonalFisher(model, x)
+    d = diagonal.diagonal(theta)
+    diag_space = WeightSpace(model, diagonal, damping=1e-3, mask=mask)
+    torch.testing.assert_close(diag_space.natural_gradient(theta, g, damping=0.7).x,
+                               mask * g / (d + 0.7), atol=1e-12, rtol=0)
 
 
 def test_riemannian_sgd_is_natural_gradient_descent(setup):
