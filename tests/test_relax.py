@@ -9,7 +9,7 @@ from torch import nn
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
-from weightgeo.metrics import DiagonalFisher, Euclidean, OutputMetric
+from weightgeo.metrics import DiagonalFisher, Euclidean, FisherMetric, OutputMetric
 from weightgeo.paths import relax, resample_polyline, segment_squared_lengths
 from weightgeo.paths.relax import NodeFunction
 
@@ -109,3 +109,91 @@ def test_relax_refuses_metrics_without_a_discrete_energy():
         relax(WeightSpace(fm, DiagonalFisher(fm, x)), theta_a, theta_b, nodes=2, steps=1)
     with pytest.raises(WeightgeoError, match="at least one interior node"):
         relax(WeightSpace(fm), theta_a, theta_b, nodes=0)
+
+
+# -- reported segment lengths against dense metrics ------------------------------------------
+def _linear_case():
+    """f(x; W) = W x (no bias): J_x = I_C ⊗ xᵀ does not depend on θ, so G_output is constant."""
+    torch.manual_seed(0)
+    fm = FunctionalModel(nn.Linear(4, 3, bias=False).double())
+    x = torch.randn(10, 4, dtype=torch.float64)
+    theta_a = fm.theta()
+    theta_b = theta_a + torch.randn(fm.n, dtype=torch.float64)
+    bent = theta_a + torch.linspace(0, 1, 5, dtype=torch.float64)[1:-1, None] * (theta_b - theta_a)
+    bent = bent + 0.3 * torch.randn(3, fm.n, dtype=torch.float64)
+    return fm, x, theta_a, theta_b, bent
+
+
+def _nodes(path) -> torch.Tensor:
+    return torch.stack([w for _, w in path.waypoints()])
+
+
+def _check_lengths(path, dense_sq, rel):
+    nodes = _nodes(path)
+    assert path.records[0]["metric_length"] == 0.0
+    for k in range(1, len(nodes)):
+        d = nodes[k] - nodes[k - 1]
+        assert path.records[k]["metric_length"] == pytest.approx(dense_sq(nodes[k - 1], nodes[k]) ** 0.5, rel=rel)
+        assert path.records[k]["euclidean_length"] == pytest.approx(float(d.norm()), rel=1e-12)
+
+
+def test_relax_reports_euclidean_lengths_of_its_segments():
+    fm, _, theta_a, theta_b, bent = _linear_case()
+    path = relax(WeightSpace(fm, Euclidean()), theta_a, theta_b, nodes=3, init=bent, steps=3, lr=1e-2)
+    _check_lengths(path, lambda p, q: float((q - p) @ (q - p)), 1e-12)
+    assert path.metric_length == pytest.approx(path.euclidean_length, rel=1e-12)
+
+
+def test_relax_output_lengths_are_exact_for_a_model_linear_in_theta():
+    fm, x, theta_a, theta_b, bent = _linear_case()
+    G = torch.kron(torch.eye(3, dtype=torch.float64), x.T @ x / len(x))  # mean_x J_xᵀ J_x, by hand
+    path = relax(WeightSpace(fm, OutputMetric(fm, x)), theta_a, theta_b, nodes=3, init=bent, steps=3, lr=1e-2)
+    _check_lengths(path, lambda p, q: float((q - p) @ G @ (q - p)), 1e-10)
+    # relaxing the output energy of a linear model straightens the path in G's norm: the
+    # discrete geodesic of a constant metric is the evenly spaced straight line
+    long = relax(WeightSpace(fm, OutputMetric(fm, x)), theta_a, theta_b, nodes=3, init=bent, steps=300,
+                 lr=0.02, optimizer="sgd", momentum=0.9, normalize=False)
+    line = theta_a + torch.linspace(0, 1, 5, dtype=torch.float64)[:, None] * (theta_b - theta_a)
+    torch.testing.assert_close(_nodes(long), line, atol=1e-6, rtol=0)
+    straight = float((theta_b - theta_a) @ G @ (theta_b - theta_a)) ** 0.5
+    assert long.metric_length == pytest.approx(straight, rel=1e-6)
+
+
+def test_relax_fisher_lengths_match_the_dense_fisher_on_short_segments():
+    fm, x, theta_a, _, _ = _linear_case()
+    torch.manual_seed(1)
+    theta_b = theta_a + 0.05 * torch.randn(fm.n, dtype=torch.float64)
+    bent = theta_a + torch.linspace(0, 1, 5, dtype=torch.float64)[1:-1, None] * (theta_b - theta_a)
+    bent = bent + 0.01 * torch.randn(3, fm.n, dtype=torch.float64)
+
+    def fisher_sq(p, q):
+        # J_x = I ⊗ xᵀ, so G = mean_x (diag p − ppᵀ) ⊗ x xᵀ at the segment's midpoint
+        probs = fm(0.5 * (p + q), x).softmax(-1)
+        H = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+        G = torch.einsum("bcd,bi,bj->cidj", H, x, x).reshape(fm.n, fm.n) / len(x)
+        return float((q - p) @ G @ (q - p))
+
+    path = relax(WeightSpace(fm, FisherMetric(fm, x)), theta_a, theta_b, nodes=3, init=bent, steps=2, lr=1e-3)
+    _check_lengths(path, fisher_sq, 1e-3)
+
+
+def test_reparametrizing_spaces_the_nodes_evenly_by_arc_length():
+    fm, _, theta_a, theta_b, _ = _linear_case()
+    uneven = theta_a + torch.tensor([0.05, 0.1, 0.9], dtype=torch.float64)[:, None] * (theta_b - theta_a)
+    path = relax(WeightSpace(fm, Euclidean()), theta_a, theta_b, nodes=3, init=uneven, steps=1, lr=1e-12,
+                 optimizer="sgd", momentum=0.0, reparametrize_every=1)
+    expected = theta_a + torch.linspace(0, 1, 5, dtype=torch.float64)[:, None] * (theta_b - theta_a)
+    torch.testing.assert_close(_nodes(path), expected, atol=1e-9, rtol=0)
+    kept = relax(WeightSpace(fm, Euclidean()), theta_a, theta_b, nodes=3, init=uneven, steps=1, lr=1e-12,
+                 optimizer="sgd", momentum=0.0)
+    torch.testing.assert_close(_nodes(kept)[1:-1], uneven, atol=1e-9, rtol=0)
+
+
+def test_masked_relax_keeps_every_node_in_the_subspace():
+    fm, x, theta_a, theta_b, bent = _linear_case()
+    mask = (torch.arange(fm.n) % 3 != 0).double()
+    space = WeightSpace(fm, OutputMetric(fm, x), mask=mask)
+    path = relax(space, theta_a * mask, theta_b * mask, nodes=3, init=bent, steps=5, lr=1e-2)
+    nodes = _nodes(path)
+    assert torch.all(nodes[:, mask == 0] == 0)
+    assert float((nodes[1:-1] - bent * mask).norm()) > 1e-4  # the free coordinates moved
