@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from weightgeo import FunctionalModel, TargetPoint, TaskLoss
-from weightgeo.objectives import Sum
+from weightgeo.objectives import Objective, Sum
 
 
 def finite_difference(objective, theta, eps=1e-6, n=6):
@@ -79,3 +79,52 @@ def test_weighted_sums():
     nested = 2 * total
     assert [w for w, _ in nested.terms] == [1.0, 2.0]
     finite_difference(total, theta)
+
+
+def test_target_point_step_limit_lands_on_the_line_minimiser():
+    theta = torch.zeros(2, dtype=torch.float64)
+    objective = TargetPoint(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    # the closest point to the target along θ + t·s is t* = (θ_t − θ)·s / ||s||²
+    s = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    assert float(objective.step_limit(theta, s)) == pytest.approx(1.0)  # t* = 1.5, clipped
+    assert float(objective.step_limit(theta, 10 * s)) == pytest.approx(0.15)
+    assert float(objective.step_limit(theta, -s)) == 0.0  # a step away: none of it
+    assert float(objective.distance(theta)) == pytest.approx(5.0)
+    assert not objective.done(theta + torch.tensor([3.0, 3.9], dtype=torch.float64))
+    assert TargetPoint(objective.target, tol=0.2).done(theta + torch.tensor([3.0, 3.9], dtype=torch.float64))
+
+
+def test_task_loss_applies_its_logit_transform():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4).double()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0])
+    theta = FunctionalModel(model).theta()
+    objective = TaskLoss(model, (x, y), transform_logits=lambda z: z[:, 2:])
+    expected = nn.functional.cross_entropy(model(x)[:, 2:], y)
+    assert float(objective.value(theta)) == pytest.approx(float(expected), rel=1e-12)
+    finite_difference(objective, theta)
+    accuracy = float((model(x)[:, 2:].argmax(-1) == y).double().mean())
+    assert float(objective.last_accuracy) == pytest.approx(accuracy)
+
+
+def test_sum_cost_done_and_default_gradient():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2).double()
+    theta = FunctionalModel(model).theta()
+    x, y = torch.randn(4, 2, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    near = TargetPoint(theta + 1e-3, tol=1.0)
+    far = TargetPoint(theta + 10.0, tol=1.0)
+    task = TaskLoss(model, (x, y))
+    assert (near + task + 2 * task).cost == 2  # one gradient per TaskLoss term, none for the target
+    assert (near + near).done(theta) and not (near + far).done(theta)
+
+    class Quartic(TargetPoint):  # only value(): the gradient comes from autograd
+        def value_and_grad(self, theta):
+            return Objective.value_and_grad(self, theta)
+
+        def value(self, theta):
+            return ((theta - self.target) ** 4).sum()
+
+    quartic = Quartic(torch.ones_like(theta))
+    torch.testing.assert_close(quartic.grad(theta), 4 * (theta - 1) ** 3)
+    finite_difference(quartic, theta)
