@@ -22,15 +22,16 @@ from weightgeo.applications.sparsify import (
 )
 from weightgeo.applications.sparsify.methods import metric_projection
 from weightgeo.cli import cli, main
-from weightgeo.data import Data
+from weightgeo.data import Data, load_dataset
 from weightgeo.data.testing import fake_cifar_checksums, write_fake_cifar
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
 from weightgeo.metrics import OutputMetric
-from weightgeo.models import build_model
+from weightgeo.models import build_model, load_checkpoint
 from weightgeo.objectives import TargetPoint
-from weightgeo.objectives.sparsity import measured_sparsity
+from weightgeo.objectives.sparsity import keep_mask, measured_sparsity
 from weightgeo.paths import traverse
+from weightgeo.training import evaluate
 from weightgeo.workflows import train_model
 
 
@@ -82,7 +83,9 @@ def test_stage_levels_insert_gradual_stages() -> None:
     assert all(a / b <= 2.2 + 1e-9 for a, b in zip(densities, densities[1:]))
 
 
-def test_metric_projection_is_the_constrained_least_squares_step() -> None:
+@pytest.mark.parametrize("damping", [0.0, 0.3])
+def test_metric_projection_is_the_constrained_least_squares_step(damping: float) -> None:
+    """d_K = (G_KK + μI)^{-1} G_KP θ_P, d_P = −θ_P, and the reported squared length is dθᵀ G dθ."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
     fm = FunctionalModel(model)
@@ -90,18 +93,22 @@ def test_metric_projection_is_the_constrained_least_squares_step() -> None:
     space = WeightSpace(fm, OutputMetric(fm, x), cg_tol=1e-14)
     theta = fm.theta()
     keep = theta.abs() > theta.abs().median()
-    new, products, metric_sq = metric_projection(space, theta, keep, damping=0.0, cg_iters=200)
+    new, products, metric_sq = metric_projection(space, theta, keep, damping=damping, cg_iters=200)
     G = space.operator(theta).dense()
     K, P = keep, ~keep
-    expected_k = theta[K] + torch.linalg.lstsq(G[K][:, K], G[K][:, P] @ theta[P]).solution
+    eye = torch.eye(int(K.sum()), dtype=theta.dtype)
+    expected_k = theta[K] + torch.linalg.solve(G[K][:, K] + damping * eye, G[K][:, P] @ theta[P])
     assert torch.equal(new[P], torch.zeros_like(new[P]))
-    assert torch.allclose(new[K], expected_k, atol=1e-6)
+    assert torch.allclose(new[K], expected_k, rtol=1e-8, atol=1e-10)
+    assert not torch.allclose(new[K], theta[K], rtol=0, atol=1e-2)  # the kept weights compensate
     step = new - theta
-    assert torch.allclose(metric_sq, step @ G @ step, rtol=1e-6, atol=1e-10)
+    assert torch.allclose(metric_sq, step @ G @ step, rtol=1e-8, atol=1e-12)
     # the least metric length among steps onto the hyperplane: magnitude pruning moves farther
     magnitude = theta * keep - theta
     assert float(step @ G @ step) < float(magnitude @ G @ magnitude)
-    assert products >= 2
+    assert 2 <= products <= 201  # G r, then the CG products
+    _, capped, _ = metric_projection(space, theta, keep, damping=damping, cg_iters=3)
+    assert capped == 4
 
 
 def test_sparse_checkpoint_reloads_sparse_and_stays_sparse_through_a_traversal(tmp_path: Path) -> None:
@@ -197,6 +204,27 @@ def test_cli_end_to_end_on_mnist5k(tiny_checkpoint, tmp_path) -> None:
     net = load_sparse(out / "checkpoints" / "geodesic_s90_b24.pt")
     eligible = net.fmodel.weight_mask()
     assert measured_sparsity(net.theta, eligible) == pytest.approx(0.9, abs=1e-4)
+    # the numbers: the table holds what its networks score, and the geodesic beats one-shot pruning
+    table = {(r["method"], float(r["sparsity"]), int(r["budget"])): r for r in rows}
+    test = load_dataset("mnist5k", "test")
+    scores = evaluate(net.fmodel, net.theta, test)
+    assert float(table["geodesic", 0.9, 24]["test_accuracy"]) == pytest.approx(scores["accuracy"], abs=1e-9)
+    assert float(table["geodesic", 0.9, 24]["test_loss"]) == pytest.approx(scores["loss"], rel=1e-5)
+    dense = load_checkpoint(tiny_checkpoint)
+    fm = FunctionalModel(dense.model)
+    theta0 = fm.theta()
+    pruned = theta0 * keep_mask(theta0.abs(), eligible, 0.9)  # one-shot magnitude pruning, by hand
+    by_hand = evaluate(fm, pruned, test)
+    for budget in (12, 24):
+        magnitude = table["magnitude", 0.9, budget]
+        assert float(magnitude["test_accuracy"]) == pytest.approx(by_hand["accuracy"], abs=1e-9)
+        assert float(magnitude["test_loss"]) == pytest.approx(by_hand["loss"], rel=1e-5)
+        assert int(magnitude["grad_evals"]) == 0
+        for method in ("geodesic", "magnitude-distill"):
+            row = table[method, 0.9, budget]
+            assert int(row["grad_evals"]) == budget and row["labels"] == "no"
+            assert float(row["test_loss"]) < float(magnitude["test_loss"]) - 0.02
+        assert float(table["geodesic", 0.9, budget]["test_accuracy"]) >= float(magnitude["test_accuracy"])
 
 
 def test_vgg11_on_fake_cifar_end_to_end(tmp_path) -> None:
