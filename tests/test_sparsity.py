@@ -29,6 +29,23 @@ def test_keep_mask_prunes_exactly_the_smallest_eligible() -> None:
     assert int((~layer[4:]).sum()) == round(0.5 * 3)
 
 
+@pytest.mark.parametrize("ranking", ["global", "layer"])
+def test_rank_prunes_the_smallest_magnitudes_and_keeps_a_large_negative_weight(ranking: str) -> None:
+    fm = _model()
+    theta = fm.theta()
+    eligible = fm.weight_mask()
+    layers = [s for s, shape in zip(fm.slices().values(), fm.shapes) if len(shape) >= 2]
+    theta[layers[0].start + 2], theta[layers[1].start + 4] = -10.0, -7.0
+    keep = Sparsity(fm, 0.8, ranking=ranking).rank(theta)
+    assert bool(keep[layers[0].start + 2]) and bool(keep[layers[1].start + 4])
+    pruned = set((eligible & ~keep).nonzero().squeeze(1).tolist())
+    sets = [eligible.nonzero().squeeze(1)] if ranking == "global" else [torch.arange(s.start, s.stop) for s in layers]
+    for index in sets:  # each ranked set loses exactly its smallest |θ|
+        smallest = index[torch.argsort(theta[index].abs(), stable=True)[: round(0.8 * len(index))]]
+        assert pruned & set(index.tolist()) == set(smallest.tolist())
+    assert bool(keep[~eligible].all())
+
+
 @pytest.mark.parametrize("level", [0.0, 0.5, 0.9, 0.98])
 @pytest.mark.parametrize("ranking", ["global", "layer"])
 def test_apply_is_exact_and_reported_sparsity_counts_zeros(level: float, ranking: str) -> None:
