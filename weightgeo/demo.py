@@ -26,7 +26,7 @@ from weightgeo.metrics import Euclidean, OutputMetric
 from weightgeo.objectives import TargetPoint
 from weightgeo.paths import traverse
 from weightgeo.plotting import line_plot
-from weightgeo.rundir import prepare_run_dir, write_text
+from weightgeo.rundir import RunDirectory, write_text
 from weightgeo.training import evaluate
 from weightgeo.workflows import train_model
 
@@ -128,8 +128,9 @@ def run_demo(
     """Run the demo into ``out`` and return the path of its summary.md."""
     from weightgeo.workflows import resolve_device
 
-    run = prepare_run_dir(out, overwrite)
     dev = resolve_device(device)
+    run = RunDirectory.open(out, overwrite=overwrite,
+                            config={"command": "demo", "seed": seed, "quick": quick, "device": str(dev)}).path
     ctx = DemoContext(
         out=run, device=dev, seed=seed, quick=quick, log=log,
         train=load_dataset("mnist5k", "train").to(dev), test=load_dataset("mnist5k", "test").to(dev),
