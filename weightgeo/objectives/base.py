@@ -39,6 +39,10 @@ class Objective(ABC):
         """Whether the goal is reached (a stop test: may read one value from the device)."""
         return False
 
+    def report(self, theta: Tensor) -> dict[str, float]:
+        """Scores worth reporting at θ beside the objective (e.g. an accuracy); logging only."""
+        return {}
+
     def step_limit(self, theta: Tensor, step: Tensor) -> Tensor | None:
         """A factor in [0, 1] to shorten ``step`` so it does not overshoot (None: no limit).
 

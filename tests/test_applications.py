@@ -1,0 +1,99 @@
+"""The application shape: units recorded as they finish, resume skips them, overwrite cleans,
+diverged methods exit with status 3; a new application from an Objective runs from Python and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from weightgeo.applications import Application, Unit, run, run_application
+from weightgeo.cli import main
+from weightgeo.registry import Registry
+from weightgeo.rundir import write_text
+from weightgeo.settings import Settings, setting
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "unlearn.py"
+STEPS = Registry("method")
+STEPS.register("ok", lambda: {"stop_reason": "max-steps"})
+STEPS.register("nan", lambda: {"stop_reason": "non-finite", "stop_message": "nan stopped at step 3: non-finite loss"})
+
+
+@dataclass
+class ToySettings(Settings):
+    methods: tuple[str, ...] = setting(("ok",), "methods", choices=STEPS)
+    fail_on: str = setting("", "raise in this unit (a simulated crash)")
+
+
+class Toy(Application):
+    """A toy application: one row per method."""
+
+    name = "toy"
+    Settings = ToySettings
+    methods = STEPS
+    calls: list[str] = []
+
+    def units(self):
+        return [Unit(m) for m in self.settings.methods]
+
+    def run_unit(self, unit, run):
+        Toy.calls.append(unit.key)
+        if unit.key == self.settings.fail_on:
+            raise KeyboardInterrupt
+        return [{"method": unit.key, **self.methods[unit.key]()}]
+
+    def report(self, rows, run):
+        return write_text(run / "summary.md", json.dumps(rows))
+
+
+def test_units_are_recorded_and_a_resumed_run_skips_them(tmp_path):
+    Toy.calls = []
+    settings = ToySettings(methods=("ok", "nan"), fail_on="nan")
+    with pytest.raises(KeyboardInterrupt):
+        run_application(Toy(settings), tmp_path / "r")
+    assert Toy.calls == ["ok", "nan"] and not (tmp_path / "r" / "summary.md").exists()
+    Toy.calls = []
+    resumed = run_application(Toy(ToySettings(methods=("ok", "nan"), fail_on="nan").replace(fail_on="")),
+                              tmp_path / "r2")
+    assert resumed.diverged == ["nan stopped at step 3: non-finite loss"]
+    # resuming the interrupted run reruns only the unfinished unit (the settings must match)
+    Toy.calls = []
+    with pytest.raises(Exception, match="other settings"):
+        run_application(Toy(ToySettings(methods=("ok", "nan"))), tmp_path / "r", resume=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_application(Toy(settings), tmp_path / "r", resume=True)
+    assert Toy.calls == ["nan"]
+
+
+def test_the_unlearning_example_runs_from_python_and_from_the_cli(mnist5k_mlps, tmp_path, monkeypatch, capsys):
+    shutil.copy(EXAMPLE, tmp_path / "unlearn.py")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("unlearn", None)
+    checkpoint = mnist5k_mlps["a"]["checkpoint"]
+    outcome = run("unlearn:unlearn", checkpoint, out=tmp_path / "py", forget_class=3, max_steps=15,
+                  step_size=0.5, methods=("geodesic", "euclidean"))
+    rows = {r["method"]: r for r in outcome.rows}
+    for row in rows.values():
+        assert row["forget_accuracy"] < 0.5  # the class is forgotten …
+    # … and the geodesic keeps the other classes better than plain gradient steps of the same length
+    assert rows["geodesic"]["test_accuracy_end"] > rows["euclidean"]["test_accuracy_end"]
+    assert (tmp_path / "py" / "paths.png").exists()
+    code = None
+    try:
+        main(["unlearn:unlearn", str(checkpoint), "--forget-class", "3", "--max-steps", "15",
+              "--step-size", "0.5", "--methods", "geodesic", "--out", str(tmp_path / "cli")])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code in (None, 0), capsys.readouterr().err
+    cli_rows = (tmp_path / "cli" / "results.csv").read_text().splitlines()
+    assert cli_rows[0].startswith("method,") and cli_rows[1].startswith("geodesic,")
+    assert cli_rows[1] == _csv_row(tmp_path / "py" / "results.csv", "geodesic")
+
+
+def _csv_row(path: Path, method: str) -> str:
+    return next(line for line in path.read_text().splitlines() if line.startswith(method + ","))
