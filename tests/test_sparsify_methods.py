@@ -356,12 +356,16 @@ def test_stage_ratio_sets_the_stages_each_exact_nested_and_paid_for(ratio: float
     assert [r["stage_sparsity"] for r in projections] == stages
     costs = [b["grad_evals"] - a["grad_evals"] for a, b in zip(path.records, projections)]
     assert all(1 <= c <= cg_iters + 1 for c in costs)  # G r and at most cg_iters CG products
-    previous = torch.zeros(task.fmodel.n, dtype=torch.bool)
+    ends: dict[float, torch.Tensor] = {}
     for level, theta in seen[1:]:
-        zeros = (theta == 0) & task.eligible
-        assert int(zeros.sum()) == round(level * 35)
-        assert bool((previous <= zeros).all())  # a pruned weight stays pruned
-        previous = zeros
+        ends.setdefault(level, theta)  # each stage's end (at 90%: before the distillation)
+    assert list(ends) == stages
+    previous = task.theta
+    for level, theta in ends.items():
+        # each stage prunes the smallest |θ| of the previous stage's end: what was pruned stays pruned
+        ranked = keep_mask(previous.abs(), task.eligible, level)
+        assert torch.equal((theta == 0) & task.eligible, task.eligible & ~ranked)
+        previous = theta
     assert result.grad_evals == budget  # the rest went to distillation at 90%
 
 
@@ -407,3 +411,9 @@ def test_geodesic_finetune_splits_its_budget_by_finetune_share() -> None:
                                          budget // 2, lr=0.05, batch_size=8, seed=0)
     assert used == budget // 2
     assert torch.allclose(run("geodesic-finetune", finetune_share=0.5).theta, reference, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(("name", "value"), [("ranking", "per-neuron"), ("metric", "hessian"), ("step", "leap")])
+def test_an_unknown_choice_in_the_settings_is_refused_naming_the_choices(name: str, value: str) -> None:
+    with pytest.raises(WeightgeoError, match=f"{value!r}.*choose one of"):
+        _task(**{name: value})

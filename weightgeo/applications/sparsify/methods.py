@@ -32,7 +32,13 @@ from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import MaskedOperator, WeightSpace
 from weightgeo.metrics import DiagonalFisher, build_metric
 from weightgeo.metrics.registry import METRIC_NAMES
-from weightgeo.objectives.sparsity import Sparsity, check_sparsity, keep_mask, measured_sparsity
+from weightgeo.objectives.sparsity import (
+    RANKINGS,
+    Sparsity,
+    check_sparsity,
+    keep_mask,
+    measured_sparsity,
+)
 from weightgeo.paths import Path, fip, traverse
 
 STEPS = ("projection", "natural-gradient")
@@ -81,6 +87,8 @@ class SparsifySettings:
             raise WeightgeoError(f"unknown metric {self.metric!r}; choose one of {', '.join(METRIC_NAMES)}")
         if self.step not in STEPS:
             raise WeightgeoError(f"unknown geodesic step {self.step!r}; choose one of {', '.join(STEPS)}")
+        if self.ranking not in RANKINGS:
+            raise WeightgeoError(f"unknown ranking {self.ranking!r}; choose one of {', '.join(RANKINGS)}")
         if not 0 <= self.path_share <= 1 or not 0 <= self.finetune_share <= 1:
             raise WeightgeoError("path_share and finetune_share must be in [0, 1]")
         if self.imp_rounds < 1 or self.cg_iters < 1 or not self.stage_ratio > 1:
