@@ -1,0 +1,266 @@
+"""connect's methods and evaluation, each checked for what it claims on tiny models.
+
+Batch-norm statistics against the layer's own batch moments, barriers on hand-made rows,
+arc-length sampling with a known answer, Garipov's curve training (the bend moves, the loss
+at the midpoint falls, weight decay acts on w(t)), traverse's final segment, relax against the
+straight line, rebasin's function, and one end-to-end number on real mnist5k digits.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightgeo.applications.connect import (
+    Bezier,
+    PointEvaluator,
+    Polyline,
+    Setting,
+    connect_networks,
+    run_method,
+    summarise,
+)
+from weightgeo.data import Data
+from weightgeo.functional import FunctionalModel
+
+
+def _mlp(seed: int, batch_norm: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    norm = [nn.BatchNorm1d(8)] if batch_norm else []
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), *norm, nn.ReLU(), nn.Linear(8, 5), nn.ReLU(),
+                         nn.Linear(5, 3))
+
+
+def _data(n: int = 64, seed: int = 0) -> Data:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 2, 3, generator=g)  # Data holds images: N×C×H×W
+    flat = x.flatten(1)
+    y = (flat[:, 0] > 0).long() + (flat[:, 1] > 0).long()
+    return Data(x, y, 3, "toy")
+
+
+def _setting(metric: str = "output", batch_norm: bool = False, **kw) -> Setting:
+    fm = FunctionalModel(_mlp(0, batch_norm))
+    train = _data()
+    return Setting(fm, fm.theta(), FunctionalModel(_mlp(1, batch_norm)).theta(), train, _data(32, 1),
+                   metric=metric, metric_inputs=train.x[:16], **kw)
+
+
+# -- batch-norm statistics ---------------------------------------------------------------------
+def _bn_case():
+    fm = FunctionalModel(_mlp(0, batch_norm=True))
+    theta_b = FunctionalModel(_mlp(1, batch_norm=True)).theta()
+    return fm, 0.5 * (fm.theta() + theta_b), _data(64, 0), _data(32, 1)
+
+
+def _first_layer(fm: FunctionalModel, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    p = fm.unflatten(theta)
+    return x.flatten(1) @ p["1.weight"].T + p["1.bias"]
+
+
+def _hand_scores(fm, theta, data, mean, var):
+    """Test loss and accuracy of θ with batch norm normalising by (mean, var), by hand."""
+    p = fm.unflatten(theta)
+    h = (_first_layer(fm, theta, data.x) - mean) / (var + 1e-5).sqrt() * p["2.weight"] + p["2.bias"]
+    h = F.relu(F.relu(h) @ p["4.weight"].T + p["4.bias"])
+    logits = h @ p["6.weight"].T + p["6.bias"]
+    return float(F.cross_entropy(logits, data.y)), float((logits.argmax(-1) == data.y).float().mean())
+
+
+@pytest.mark.parametrize("batch_size", [1000, 16])
+def test_recomputed_statistics_are_the_moments_of_the_layer_inputs(batch_size):
+    fm, theta, train, test = _bn_case()
+    buffers = PointEvaluator(fm, train, test, batch_size=batch_size).buffers(theta)
+    h = _first_layer(fm, theta, train.x)
+    # a cumulative average over equal batches: the mean of the batch means and of the
+    # batches' unbiased variances (one batch: the moments of the whole training set)
+    chunks = h.split(batch_size)
+    torch.testing.assert_close(buffers["2.running_mean"], h.mean(0), atol=1e-6, rtol=1e-5)
+    expected_var = torch.stack([c.var(0) for c in chunks]).mean(0)
+    torch.testing.assert_close(buffers["2.running_var"], expected_var, atol=1e-6, rtol=1e-5)
+    assert int(buffers["2.num_batches_tracked"]) == len(chunks)
+    assert torch.equal(fm.buffers["2.running_mean"], torch.zeros(8))  # the model's own: untouched
+
+
+def test_recomputing_statistics_changes_the_evaluation_at_an_interpolated_point():
+    fm, theta, train, test = _bn_case()
+    recomputed = PointEvaluator(fm, train, test, with_train=False)(theta)
+    stored = PointEvaluator(fm, train, test, recompute_bn=False, with_train=False)(theta)
+    h = _first_layer(fm, theta, train.x)
+    loss, accuracy = _hand_scores(fm, theta, test, h.mean(0), h.var(0))
+    assert recomputed["test_loss"] == pytest.approx(loss, rel=1e-5)
+    assert recomputed["test_accuracy"] == pytest.approx(accuracy)
+    zeros, ones = torch.zeros(8), torch.ones(8)  # the stored statistics of a fresh BatchNorm1d
+    loss_stored, _ = _hand_scores(fm, theta, test, zeros, ones)
+    assert stored["test_loss"] == pytest.approx(loss_stored, rel=1e-5)
+    assert abs(recomputed["test_loss"] - stored["test_loss"]) > 1e-2
+
+
+@pytest.mark.parametrize("recompute_bn", [True, False])
+def test_connect_evaluates_batch_norm_networks_as_asked(recompute_bn):
+    fm, _, train, test = _bn_case()
+    theta_a, theta_b = fm.theta(), FunctionalModel(_mlp(1, batch_norm=True)).theta()
+    result = connect_networks(fm, theta_a, theta_b, train, test, None, methods=["linear"], points=3,
+                              plane_grid=0, with_train=False, recompute_bn=recompute_bn)
+    for row, t in zip(result["evaluations"]["linear"], (0.0, 0.5, 1.0), strict=True):
+        theta = theta_a + t * (theta_b - theta_a)
+        h = _first_layer(fm, theta, train.x)
+        stats = (h.mean(0), h.var(0)) if recompute_bn else (torch.zeros(8), torch.ones(8))
+        assert row["test_loss"] == pytest.approx(_hand_scores(fm, theta, test, *stats)[0], rel=1e-5)
+
+
+# -- summaries and curves ---------------------------------------------------------------------
+def test_summarise_on_hand_made_rows():
+    rows = [
+        {"test_loss": 0.3, "test_accuracy": 0.90, "train_loss": 0.1, "train_accuracy": 0.99},
+        {"test_loss": 0.9, "test_accuracy": 0.70, "train_loss": 0.8, "train_accuracy": 0.75},
+        {"test_loss": 0.7, "test_accuracy": 0.60, "train_loss": 0.6, "train_accuracy": 0.80},
+        {"test_loss": 0.5, "test_accuracy": 0.80, "train_loss": 0.2, "train_accuracy": 0.97},
+    ]
+    s = summarise(rows)
+    assert s["start_test_accuracy"] == pytest.approx(90.0)
+    assert s["end_test_accuracy"] == pytest.approx(80.0)
+    assert s["min_test_accuracy"] == pytest.approx(60.0)
+    assert s["max_accuracy_drop"] == pytest.approx(80.0 - 60.0)  # from the worse endpoint
+    assert s["loss_barrier"] == pytest.approx(0.9 - 0.4)
+    assert s["max_test_loss"] == pytest.approx(0.9)
+    assert s["error_barrier"] == pytest.approx(40.0 - 15.0)  # max error − mean endpoint error
+    assert s["train_loss_barrier"] == pytest.approx(0.8 - 0.15)
+    assert s["min_train_accuracy"] == pytest.approx(75.0)
+    # a path better than its endpoints: no drop, negative barriers
+    better = summarise([{"test_loss": 0.5, "test_accuracy": 0.8}, {"test_loss": 0.2, "test_accuracy": 0.9},
+                        {"test_loss": 0.4, "test_accuracy": 0.7}])
+    assert better["max_accuracy_drop"] == 0.0
+    assert better["loss_barrier"] == pytest.approx(0.5 - 0.45)
+    assert better["error_barrier"] == pytest.approx(30.0 - 25.0)
+    flat = summarise([{"test_loss": 0.5, "test_accuracy": 0.8}] * 2 + [{"test_loss": 0.3, "test_accuracy": 0.9}])
+    assert flat["loss_barrier"] == pytest.approx(0.5 - 0.4)
+    assert "train_loss_barrier" not in flat
+
+
+def test_bezier_samples_are_evenly_spaced_along_a_collinear_curve():
+    """Bend at a + d/4: w(t) = a + d(t + t²)/2 runs along the segment at speed |d|(1/2 + t)."""
+    a = torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64)
+    d = torch.tensor([2.0, 4.0, -4.0], dtype=torch.float64)
+    curve = Bezier(a, a + 0.25 * d, a + d, resolution=2000)
+    pts, fractions = curve.sample(9)
+    torch.testing.assert_close(pts, a + fractions[:, None] * d, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fractions, torch.linspace(0, 1, 9, dtype=torch.float64))
+    assert curve.euclidean_length() == pytest.approx(6.0, rel=1e-9)
+    torch.testing.assert_close(curve.at(0.5), a + 0.375 * d)
+
+
+def test_polyline_samples_by_arc_length_across_vertices():
+    vertices = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 2.0], [0.0, 2.0]], dtype=torch.float64)
+    line = Polyline(vertices)
+    pts, _ = line.sample(9)  # total length 4: a point every 0.5
+    expected = torch.tensor([[0, 0], [0.5, 0], [1, 0], [1, 0.5], [1, 1], [1, 1.5], [1, 2], [0.5, 2], [0, 2]],
+                            dtype=torch.float64)
+    torch.testing.assert_close(pts, expected)
+    assert line.euclidean_length() == pytest.approx(4.0)
+
+
+# -- Garipov's curves ----------------------------------------------------------------------------
+def _midpoint_loss(s: Setting, w: torch.Tensor) -> float:
+    return float(F.cross_entropy(s.model(w, s.train.x), s.train.y))
+
+
+@pytest.mark.parametrize("kind", ["bezier", "polychain"])
+def test_curve_training_moves_the_bend_and_lowers_the_midpoint_loss(kind):
+    s = _setting(budget=300, weight_decay=0.0, curve_lr=0.05)
+    result = run_method(kind, s)
+    bend = result.curve.control_points()[1]
+    mid = 0.5 * (s.theta_a + s.theta_b)
+    assert float((bend - mid).norm()) > 0.1
+    curve_mid = bend if kind == "polychain" else result.curve.at(0.5)  # w(1/2)
+    assert _midpoint_loss(s, curve_mid) < 0.8 * _midpoint_loss(s, mid)
+    assert result.grad_evals == 300
+    torch.testing.assert_close(result.curve.start, s.theta_a)
+    torch.testing.assert_close(result.curve.end, s.theta_b)
+
+
+@pytest.mark.parametrize(("kind", "minimiser"), [("bezier", -0.75), ("polychain", -0.25)])
+def test_curve_weight_decay_acts_on_the_point_of_the_curve(kind, minimiser):
+    """With a dominant weight decay the bend minimises E_t ½||w(t)||²: bend = c(θ_a + θ_b) with
+    c = −3/4 (Bezier: E[2t(1−t) w(t)] = 0) or −1/4 (polychain); decay on the bend itself gives 0.
+    SGD on random t reaches c up to its noise, so c is read off along θ_a + θ_b."""
+    s = _setting(budget=600, weight_decay=100.0, curve_lr=0.005)
+    bend = run_method(kind, s).curve.control_points()[1]
+    both = s.theta_a + s.theta_b
+    assert float(bend @ both / (both @ both)) == pytest.approx(minimiser, abs=0.12)
+
+
+# -- traverse, relax and rebasin as connection methods ---------------------------------------------
+def _output_distance(s: Setting, p: torch.Tensor, q: torch.Tensor) -> float:
+    """√(mean_x ||f(x; q) − f(x; p)||²) on the metric's inputs: the output metric's distance."""
+    x = s.metric_inputs
+    return float((s.model(q, x) - s.model(p, x)).square().sum(-1).mean().sqrt())
+
+
+def test_traverse_records_its_final_segment_to_theta_b():
+    s = _setting("output", traverse_weight=1.0, budget=60, cg_iters=3, tol=1e-6)
+    result = run_method("traverse", s)
+    before = result.curve.vertices[-2]  # where the walk stopped
+    final = result.path.records[-1]
+    distance = float((s.theta_b - s.theta_a).norm())
+    remaining = float((s.theta_b - before).norm())
+    assert final["final_segment"] is True
+    assert final["euclidean_length"] == pytest.approx(remaining, rel=1e-5)
+    assert final["metric_length"] == pytest.approx(_output_distance(s, before, s.theta_b), rel=1e-4)
+    assert result.info["final_segment_fraction"] == pytest.approx(remaining / distance, rel=1e-5)
+    assert 0 < remaining < distance  # the walk went part of the way, toward θ_b
+    # the budget was spent: a step costs 3 CG products and 1 task gradient (+1 at the last point)
+    assert 60 - 2 * 4 < result.grad_evals <= 60
+
+
+def test_traverse_weight_bends_the_walk():
+    ends = []
+    for weight in (0.0, 5.0):
+        s = _setting("output", traverse_weight=weight, budget=40, cg_iters=3, tol=1e-6)
+        ends.append(run_method("traverse", s).curve.vertices[-2])
+    assert float((ends[0] - ends[1]).norm()) > 1e-2
+
+
+def test_relax_method_shortens_the_path_under_its_metric():
+    s = _setting("output", task_weight=0.0, budget=400, nodes=3, relax_lr=0.01)
+    relaxed = run_method("relax", s).curve.vertices
+    line = s.theta_a + torch.linspace(0, 1, 5)[:, None] * (s.theta_b - s.theta_a)
+
+    def length(vertices):
+        return sum(_output_distance(s, p, q) for p, q in zip(vertices[:-1], vertices[1:], strict=True))
+
+    assert length(relaxed) < 0.97 * length(line)  # the relaxed length is ≈ 0.95 of the line's
+    torch.testing.assert_close(relaxed[0], s.theta_a)
+    torch.testing.assert_close(relaxed[-1], s.theta_b)
+
+
+def test_rebasin_method_ends_at_the_same_function_as_theta_b():
+    s = _setting("euclidean")
+    result = run_method("rebasin", s)
+    x = _data(20, 5).x
+    torch.testing.assert_close(s.model(result.curve.end, x), s.model(s.theta_b, x), atol=1e-5, rtol=1e-5)
+    distance = float((s.theta_b - s.theta_a).norm())
+    assert result.info["distance_after"] == pytest.approx(float((result.curve.end - s.theta_a).norm()))
+    assert result.info["distance_after"] < distance
+    assert result.info["units_permuted"] > 0
+
+
+# -- one number on real data -------------------------------------------------------------------------
+def test_relax_keeps_accuracy_where_the_straight_line_loses_it_on_mnist5k(mnist5k_mlps):
+    """Two MLPs trained from different seeds: the straight line between them crosses a loss barrier;
+    relax (output-metric energy plus the task loss at 4 nodes, 300 gradient evaluations) does not."""
+    from weightgeo.data import load_dataset
+
+    a, b = mnist5k_mlps["a"], mnist5k_mlps["b"]
+    fm = FunctionalModel(a["model"])
+    train, test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+    rows = connect_networks(fm, a["theta"], b["theta"], train, test, None, methods=["linear", "relax"],
+                            points=11, plane_grid=0, with_train=False, budget=300, nodes=4)["rows"]
+    linear, relaxed = rows
+    worse_end = 100 * min(a["test_accuracy"], b["test_accuracy"])
+    assert linear["min_test_accuracy"] < worse_end - 3 and linear["loss_barrier"] > 0.2
+    assert relaxed["min_test_accuracy"] > linear["min_test_accuracy"] + 2
+    assert relaxed["loss_barrier"] < 0.5 * linear["loss_barrier"]
+    assert relaxed["grad_evals"] <= 300
