@@ -6,7 +6,6 @@ and call these.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 from weightgeo.data import Data, augment_batch, load_dataset
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
-from weightgeo.models import build_model, default_config
+from weightgeo.models import build_model, check_model_fits, config_for_data
 from weightgeo.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from weightgeo.plotting import training_curves
 from weightgeo.rundir import append_jsonl, prepare_run_dir, write_json
@@ -41,14 +40,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 def model_config_for(model_name: str, data: Data, config: dict | None = None) -> dict:
     """The model's full config, with input size and number of classes taken from the data."""
-    config = dict(config or {})
-    config.setdefault("num_classes", data.num_classes)
-    if model_name == "mlp":
-        config.setdefault("input_size", int(math.prod(data.input_shape)))
-    if model_name == "small-cnn":
-        config.setdefault("in_channels", int(data.input_shape[0]))
-        config.setdefault("image_size", int(data.input_shape[-1]))
-    return default_config(model_name, **config)
+    return config_for_data(model_name, data, config)
 
 
 def train_model(
@@ -80,6 +72,11 @@ def train_model(
     train_data = load_dataset(dataset, "train", data_root, download).to(dev)
     test_data = load_dataset(dataset, "test", data_root, download).to(dev)
     full_config = model_config_for(model_name, train_data, config)
+    torch.manual_seed(seed)
+    module = build_model(model_name, **full_config).to(dev)
+    fmodel = FunctionalModel(module)
+    initial = fmodel.theta()
+    check_model_fits(model_name, lambda x: fmodel(initial, x), train_data, what=dataset)
     run = None if out is None else prepare_run_dir(out, overwrite)
     settings = {
         "command": "train", "model": model_name, "config": full_config, "dataset": dataset,
@@ -88,9 +85,6 @@ def train_model(
     }
     if run is not None:
         write_json(run / "config.json", settings)
-    torch.manual_seed(seed)
-    module = build_model(model_name, **full_config).to(dev)
-    fmodel = FunctionalModel(module)
     use_augment = dataset.startswith("cifar") if augment is None else augment
     started = time.perf_counter()
 
@@ -154,19 +148,7 @@ def load_with_data(
     test_data = load_dataset(name, "test", data_root, download).to(dev)
     fmodel = FunctionalModel(ckpt.model.to(dev))
     theta = fmodel.theta()
-    try:
-        with torch.no_grad():
-            probe = fmodel(theta, test_data.x[:2])
-    except RuntimeError:
-        raise WeightgeoError(
-            f"the checkpoint's model ({ckpt.name}) does not accept {name} inputs of shape "
-            f"{tuple(test_data.input_shape)}"
-        ) from None
-    if probe.shape[-1] < test_data.num_classes:
-        raise WeightgeoError(
-            f"the checkpoint's model has {probe.shape[-1]} outputs but {name} has "
-            f"{test_data.num_classes} classes"
-        )
+    check_model_fits(ckpt.name, lambda x: fmodel(theta, x), test_data, what=name)
     return Loaded(ckpt, fmodel, theta, train_data, test_data, dev)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from weightgeo.errors import WeightgeoError
 from weightgeo.models.cnn import FashionCNN, SmallCNN
 from weightgeo.models.mlp import MLP
+from weightgeo.models.resnet import ResNet18
 from weightgeo.models.vgg import VGG
 
 # name -> (builder taking the full config as keywords, default config). Defaults hold only
@@ -26,6 +27,7 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
         lambda **c: VGG(depth=16, **c),
         {"num_classes": 10, "batch_norm": True, "width": 1.0},
     ),
+    "resnet18": (ResNet18, {"num_classes": 10, "in_channels": 3, "width": 1.0}),
     "small-cnn": (
         SmallCNN,
         {"in_channels": 1, "num_classes": 10, "batch_norm": False, "image_size": 28},

@@ -28,7 +28,7 @@ from weightgeo.applications.continual.scores import scores
 from weightgeo.data.tasks import TaskSequence, mask_logits
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
-from weightgeo.models import build_model, default_config
+from weightgeo.models import build_model, check_model_fits, config_for_data
 from weightgeo.training import evaluate
 
 
@@ -59,14 +59,21 @@ class MethodResult:
 
 
 def build_network(model_name: str, seq: TaskSequence, seed: int, device, config: dict | None = None):
-    """A fresh network (seeded) whose head has the sequence's number of output units."""
-    overrides = dict(config or {})
-    overrides["num_classes"] = seq.num_outputs
-    if model_name == "mlp" and "input_size" not in overrides:
-        overrides["input_size"] = int(torch.tensor(seq.tasks[0].train.input_shape).prod())
+    """A fresh network (seeded) whose head has the sequence's number of output units.
+
+    The input size (or channels) comes from the tasks' inputs; a network that does not fit
+    them is refused in one line after a probe forward pass on one example.
+    """
+    data = next(d for t in seq.tasks for d in (t.train, t.test) if len(d) > 0)
+    example = data.subset(slice(0, 1))
+    overrides = {**(config or {}), "num_classes": seq.num_outputs}
     torch.manual_seed(seed)
-    model = build_model(model_name, **default_config(model_name, **overrides))
-    return FunctionalModel(model).to(device)
+    model = build_model(model_name, **config_for_data(model_name, example, overrides))
+    fmodel = FunctionalModel(model).to(device)
+    theta = fmodel.theta()
+    check_model_fits(model_name, lambda x: fmodel(theta, x), example.to(device),
+                     what=f"{seq.name} on {seq.base}")
+    return fmodel
 
 
 def _accuracy(fmodel, theta, buffers, seq: TaskSequence, task: int, seen: int, split: str) -> float:
