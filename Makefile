@@ -7,7 +7,7 @@ PIP    := $(VENV)/bin/pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install demo test lint bench bench-sparsify bench-continual bench-connect clean
+.PHONY: all install demo test lint bench bench-sparsify bench-continual bench-connect mutation clean
 
 all: test
 
@@ -54,6 +54,13 @@ bench-connect: $(BENCH_MLPS)
 	for p in "0 1" "0 2" "1 2"; do set -- $$p; \
 	  $(VENV)/bin/weightgeo connect $(BENCH_RUNS)/mlp_s$$1 $(BENCH_RUNS)/mlp_s$$2 --out $(BENCH_RUNS)/connect_$$1_$$2 --overwrite; done
 	$(PY) benchmarks/connect_pairs.py $(BENCH_RUNS)/connect_0_1 $(BENCH_RUNS)/connect_0_2 $(BENCH_RUNS)/connect_1_2
+
+# Mutation testing, not part of `test` or CI (see TESTING.md): a sample of generated mutants per
+# module plus the hand-written ones of tools/mutations.toml, each in a private copy of the tree;
+# an estimated half hour on 2 cores. `make mutation MUTATION_ARGS="--all"` runs every mutant (hours).
+MUTATION_ARGS ?= --per-module 6
+mutation: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) tools/mutation.py --workers 2 $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache
