@@ -123,7 +123,7 @@ def test_what_is_not_mathematics_is_left_alone(mt):
             name = "a" + "b"
             label = f"{x + 1} items"
             if x < 0:
-                raise ValueError(f"x must be ≥ 0, got {x - 1}")
+                raise ValueError(f"x must be ≥ 0, got {x - 1}", x * 2)
             assert x >= 0, "never"
             total = x * 4  # logging
             print(x - 1)  # pragma: no mutate
