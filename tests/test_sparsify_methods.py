@@ -311,12 +311,16 @@ def test_one_stage_geodesic_is_the_metric_projection_under_its_settings(metric, 
     assert (path.meta["metric"], path.meta["damping"], path.meta["cg_iters"]) == (metric, damping, cg_iters)
 
 
-def test_geodesic_result_changes_with_each_override() -> None:
-    base = {"damping": 0.1, "cg_iters": 4, "metric": "output", "metric_batch": N_INPUTS, "stage_ratio": 2.2}
+@pytest.mark.parametrize("step", ["projection", "natural-gradient"])
+def test_geodesic_result_changes_with_each_override(step: str) -> None:
+    base = {"damping": 0.1, "cg_iters": 4, "metric": "output", "metric_batch": N_INPUTS, "stage_ratio": 2.2,
+            "step_size": 0.2, "path_share": 0.6}
     changed = {"damping": 1.0, "cg_iters": 2, "metric": "fisher", "metric_batch": 4, "stage_ratio": 1.5}
+    if step == "natural-gradient":
+        changed |= {"step_size": 0.05, "path_share": 0.3}
 
     def end(**settings) -> torch.Tensor:
-        return METHODS["geodesic"](_task(**settings), [0.8], 40)[0].theta  # 4 stages affordable
+        return METHODS["geodesic"](_task(step=step, **settings), [0.8], 40)[0].theta  # 4 stages affordable
 
     reference = end(**base)
     for name, value in changed.items():
