@@ -25,8 +25,8 @@ from weightgeo.data.testing import fake_cifar_checksums, write_fake_cifar
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.models import build_model
-from weightgeo.models.checkpoint import save_checkpoint
-from weightgeo.workflows import train_model
+from weightgeo.models.checkpoint import load_checkpoint, save_checkpoint
+from weightgeo.workflows import load_with_data, train_model
 
 
 def _mlp(seed: int) -> nn.Module:
@@ -119,23 +119,6 @@ def test_euclidean_traverse_reaches_theta_b_along_the_straight_line():
     assert result.info["final_segment_length"] < 1e-5  # it got there by itself
 
 
-def test_output_traverse_ends_exactly_at_theta_b_with_a_recorded_final_segment():
-    s = _setting("output", traverse_weight=1.0, budget=60, cg_iters=3, tol=1e-6)
-    result = run_method("traverse", s)
-    assert torch.equal(result.curve.end, s.theta_b)
-    assert result.path.stop_reason.endswith("+final-segment")
-    assert result.path.records[-1]["final_segment"] is True
-    assert result.grad_evals <= 60
-
-
-def test_linear_and_relax_lengths_under_euclidean():
-    s = _setting("euclidean", task_weight=0.0, budget=200, nodes=3)
-    distance = float((s.theta_b - s.theta_a).norm())
-    assert run_method("linear", s).curve.euclidean_length() == pytest.approx(distance, rel=1e-6)
-    relaxed = run_method("relax", s)
-    assert relaxed.curve.euclidean_length() == pytest.approx(distance, rel=1e-4)
-
-
 @pytest.fixture(scope="module")
 def tiny_vgg_runs(tmp_path_factory):
     """Two tiny VGG16 checkpoints trained on a fake CIFAR-10 (different seeds)."""
@@ -172,9 +155,45 @@ def test_connect_command_end_to_end_on_fake_cifar_vgg16(tiny_vgg_runs, tmp_path)
         assert (out / "paths" / method / "path.json").exists()
     evaluation = list(csv.DictReader((out / "evaluation.csv").open()))
     assert len(evaluation) == 5 * 3
-    # Endpoints are evaluated with recomputed batch-norm statistics: identical for every method.
-    starts = {r["test_loss"] for r in evaluation if r["point"] == "0"}
-    assert len(starts) == 1
+    # The numbers: every path is evaluated with batch-norm statistics recomputed on the training
+    # data at each point (by hand below), and the barriers of results.csv are those of its points.
+    with fake_cifar_checksums():
+        loaded = load_with_data(runs / "vgg_0", data_root=str(root), device="cpu")
+    theta_a = loaded.theta
+    theta_b = loaded.fmodel.flatten(load_checkpoint(runs / "vgg_1").model)
+    hand = {t: _test_loss_with_recomputed_bn(loaded, theta_a + t * (theta_b - theta_a)) for t in (0.0, 0.5, 1.0)}
+    stale = _test_loss_with_stored_bn(loaded, 0.5 * (theta_a + theta_b))
+    assert abs(hand[0.5] - stale) > 1e-3  # recomputing matters at the midpoint
+    for row in evaluation:
+        if row["point"] in ("0", "2"):
+            assert float(row["test_loss"]) == pytest.approx(hand[0.0 if row["point"] == "0" else 1.0], rel=1e-4)
+    linear = [float(r["test_loss"]) for r in evaluation if r["method"] == "linear"]
+    assert linear[1] == pytest.approx(hand[0.5], rel=1e-4)
+    for row in rows:
+        losses = [float(r["test_loss"]) for r in evaluation if r["method"] == row["method"]]
+        accuracies = [100 * float(r["test_accuracy"]) for r in evaluation if r["method"] == row["method"]]
+        assert float(row["loss_barrier"]) == pytest.approx(max(losses) - 0.5 * (losses[0] + losses[-1]), abs=1e-5)
+        assert float(row["min_test_accuracy"]) == pytest.approx(min(accuracies), abs=1e-5)
+    assert spent["relax"] == 12 and spent["bezier"] == 12 and spent["polychain"] == 12  # all of it
+    assert float(rows[0]["euclidean_length"]) == pytest.approx(float((theta_b - theta_a).norm()), rel=1e-5)
+
+
+def _test_loss_with_recomputed_bn(loaded, theta) -> float:
+    """Test loss of θ after one train-mode pass over the training data (cumulative statistics)."""
+    module = loaded.fmodel.to_module(theta)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        module.train()(loaded.train.x)
+        return float(nn.functional.cross_entropy(module.eval()(loaded.test.x), loaded.test.y))
+
+
+def _test_loss_with_stored_bn(loaded, theta) -> float:
+    module = loaded.fmodel.to_module(theta, loaded.fmodel.buffers)
+    with torch.no_grad():
+        return float(nn.functional.cross_entropy(module.eval()(loaded.test.x), loaded.test.y))
 
 
 def test_connect_refuses_rebasin_for_vgg_and_different_architectures(tiny_vgg_runs, tmp_path, capsys):
@@ -213,4 +232,9 @@ def test_demo_section_connect_quick(tmp_path):
     text = section_connect(ctx)
     assert text.startswith("## Connecting the two networks")
     assert "| rebasin |" in text and "| relax |" in text
-    assert (tmp_path / "connect" / "results.csv").exists()
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "connect" / "results.csv").open())}
+    distance = float((models["b"]["theta"] - models["a"]["theta"]).norm())
+    assert float(rows["linear"]["euclidean_length"]) == pytest.approx(distance, rel=1e-5)
+    assert float(rows["rebasin"]["euclidean_length"]) < distance  # matching moves θ_b closer
+    assert int(rows["relax"]["grad_evals"]) == 100 and int(rows["linear"]["grad_evals"]) == 0
+    assert f"| relax | {float(rows['relax']['min_test_accuracy']):.6g} |" in text  # the table shows them
