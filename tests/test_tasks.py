@@ -1,12 +1,23 @@
-"""Task sequences: permutations, label spaces per scenario, output units, refusals."""
+"""Task sequences: permutations, label spaces per scenario, output units, defaults, refusals."""
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 import torch
 
-from weightgeo.data import load_dataset
-from weightgeo.data.tasks import make_task_sequence, mask_logits, permutations
+from weightgeo.applications.continual import report
+from weightgeo.cli import main
+from weightgeo.data import SEQUENCES, load_dataset
+from weightgeo.data.tasks import (
+    check_task_options,
+    make_task_sequence,
+    mask_logits,
+    n_tasks_help,
+    permutations,
+    split_counts,
+)
 from weightgeo.data.testing import write_fake_mnist
 from weightgeo.errors import WeightgeoError
 
@@ -78,17 +89,120 @@ def test_mnist_fashion_shifts_fashion_labels(tmp_path):
     assert seq.allowed(1).nonzero().flatten().tolist() == list(range(10, 20))
 
 
+def test_split_mnist_in_two_tasks_of_five_digits():
+    domain = make_task_sequence("split-mnist", "domain", 2, seed=0, val_fraction=0.0)
+    base = load_dataset("mnist5k", "test")
+    assert domain.num_outputs == 5 and [t.classes for t in domain.tasks] == [(0, 1, 2, 3, 4),
+                                                                              (5, 6, 7, 8, 9)]
+    second = domain.tasks[1].test
+    assert torch.equal(second.x, base.x[base.y >= 5]) and torch.equal(second.y, base.y[base.y >= 5] - 5)
+    assert [t.name for t in domain.tasks] == ["digits 0–4", "digits 5–9"]
+    task = make_task_sequence("split-mnist", "task", 2, seed=0)
+    assert task.num_outputs == 10 and task.allowed(1).nonzero().flatten().tolist() == [5, 6, 7, 8, 9]
+
+
+def test_max_train_caps_every_task_not_the_base():
+    seq = make_task_sequence("split-mnist", "class", seed=3, max_train=50)
+    for i, t in enumerate(seq.tasks):
+        assert len(t.train) + len(t.val) == 50 and len(t.val) == 5
+        assert set(torch.cat([t.train.y, t.val.y]).tolist()) == {2 * i, 2 * i + 1}
+
+
+def _digest(seq) -> str:
+    h = hashlib.sha256()
+    for t in seq.tasks:
+        for d in (t.train, t.val, t.test):
+            h.update(d.x.numpy().tobytes())
+            h.update(d.y.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @pytest.mark.parametrize(
-    ("name", "scenario", "n", "message"),
+    ("name", "scenario", "n", "seed", "digest"),
     [
-        ("rotated-mnist", "domain", 5, "unknown task sequence 'rotated-mnist'"),
-        ("permuted-mnist", "domain", 0, "--n-tasks must be at least 1, got 0"),
-        ("mnist-fashion", "domain", 2, "mnist-fashion cannot be domain-incremental"),
-        ("split-mnist", "task", 6, "split-mnist has at most 5 tasks"),
-        ("split-mnist", "sideways", 5, "unknown scenario 'sideways'"),
+        ("split-mnist", "task", None, 0, "82e2406c1c2e359d"),
+        ("split-mnist", "class", None, 1, "c4276cfba3590519"),
+        ("split-mnist", "domain", None, 0, "246a1def19fa0231"),
+        ("permuted-mnist", "domain", None, 0, "c69977740c389e3e"),
+        ("permuted-mnist", "domain", None, 1, "506c2e6d73ff39a7"),
+        ("permuted-mnist", "task", 3, 1, "9334864254df53c2"),
     ],
 )
-def test_refusals_are_one_line(name, scenario, n, message):
+def test_mnist_sequences_keep_their_numbers(name, scenario, n, seed, digest):
+    # Every tensor of the sequence, as built before task construction became generic over
+    # the base: benchmarks and earlier results depend on these numbers.
+    assert _digest(make_task_sequence(name, scenario, n, seed=seed)) == digest
+
+
+def test_defaults_live_with_the_sequences():
+    assert {n: (s.scenario, s.model, s.n_tasks) for n, s in SEQUENCES.items()} == {
+        "permuted-mnist": ("domain", "mlp", 5),
+        "split-mnist": ("task", "mlp", 5),
+        "mnist-fashion": ("task", "fashion-cnn", 2),
+        "split-cifar10": ("task", "resnet18", 5),
+        "split-cifar100": ("task", "resnet18", 10),
+    }
+    # the continual report reads them from there
+    assert report.default_scenario("permuted-mnist") == "domain"
+    assert report.default_scenario("split-cifar100") == "task"
+    assert report.default_model("mnist-fashion") == "fashion-cnn"
+    assert report.default_model("split-cifar10") == "resnet18"
+    with pytest.raises(WeightgeoError, match="unknown task sequence 'rotated-mnist'"):
+        report.default_model("rotated-mnist")
+    assert make_task_sequence("split-mnist").scenario == "task"
+    assert len(make_task_sequence("permuted-mnist", val_fraction=0.0)) == 5
+
+
+def test_split_counts_are_the_divisors_with_two_classes_or_more():
+    assert split_counts(10) == (1, 2, 5)
+    assert split_counts(100) == (1, 2, 4, 5, 10, 20, 25, 50)
+    assert check_task_options("split-mnist", "task", None) == 5
+    assert check_task_options("split-cifar100", "class", None) == 10
+    assert check_task_options("split-cifar100", "class", 20) == 20
+    assert check_task_options("split-mnist", "task", 10, base="cifar100") == 10
+    assert check_task_options("permuted-mnist", "domain", 12) == 12
+    help_text = n_tasks_help()
+    assert "split-cifar100 10 (1/2/4/5/10/20/25/50)" in help_text and "permuted-mnist 5 (any)" in help_text
+
+
+@pytest.mark.parametrize(
+    ("name", "scenario", "n", "base", "message"),
+    [
+        ("rotated-mnist", "domain", 5, None,
+         "unknown task sequence 'rotated-mnist'; choose one of permuted-mnist, split-mnist, "
+         "mnist-fashion, split-cifar10, split-cifar100"),
+        ("permuted-mnist", "domain", 0, None, "--n-tasks must be at least 1, got 0"),
+        ("mnist-fashion", "domain", 2, None, "mnist-fashion cannot be domain-incremental"),
+        ("mnist-fashion", "task", 3, None,
+         "mnist-fashion has at most 2 tasks: --n-tasks must be one of 1, 2, got 3"),
+        ("split-mnist", "task", 6, None, "split-mnist cuts the 10 classes of mnist5k into tasks of "
+         "equal size: --n-tasks must be one of 1, 2, 5, got 6"),
+        ("split-mnist", "task", 3, None, "--n-tasks must be one of 1, 2, 5, got 3"),
+        ("split-mnist", "task", 10, None, "--n-tasks must be one of 1, 2, 5, got 10"),
+        ("split-mnist", "sideways", 5, None, "unknown scenario 'sideways'; choose one of task, domain, class"),
+        ("split-mnist", "task", 5, "svhn", "unknown data set 'svhn'; choose one of mnist5k, mnist"),
+        ("split-cifar10", "task", 5, "mnist", "split-cifar10 is always built from cifar10, not mnist; "
+         "--base chooses the base of permuted-mnist, split-mnist, mnist-fashion"),
+        ("split-cifar100", "class", 3, None, "split-cifar100 cuts the 100 classes of cifar100 into tasks "
+         "of equal size: --n-tasks must be one of 1, 2, 4, 5, 10, 20, 25, 50, got 3"),
+        ("split-cifar10", "class", 10, None, "--n-tasks must be one of 1, 2, 5, got 10"),
+    ],
+)
+def test_refusals_are_one_line(name, scenario, n, base, message):
+    # refused before any data set is read (the CIFAR files are not there)
     with pytest.raises(WeightgeoError) as err:
-        make_task_sequence(name, scenario, n)
+        make_task_sequence(name, scenario, n, base, root="/nonexistent")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_continual_cli_refuses_a_model_that_does_not_fit_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["continual", "--tasks", "split-mnist", "--model", "vgg11", "--method", "finetune",
+              "--budget", "2", "--max-train", "20", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    # stderr: the progress line naming the sequence, then the error in one line
+    progress, error = capsys.readouterr().err.strip().split("\n")
+    assert progress.startswith("seed 0: split-mnist")
+    assert error.startswith("Error: model vgg11 does not fit split-mnist on mnist5k "
+                            "(inputs 1×28×28, 10 classes)")
+    assert error.endswith("models that fit: mlp, fashion-cnn, resnet18, small-cnn")

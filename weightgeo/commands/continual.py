@@ -15,6 +15,7 @@ from weightgeo.commands.options import (
     positive_float,
 )
 from weightgeo.data.datasets import DATASET_NAMES
+from weightgeo.data.tasks import defaults_help, n_tasks_help, sequences_help
 from weightgeo.errors import WeightgeoError
 from weightgeo.models import MODEL_NAMES
 from weightgeo.workflows import resolve_device
@@ -39,11 +40,12 @@ def _strengths(text: str | None) -> dict[str, float]:
 
 @click.command()
 @click.option("--tasks", default="permuted-mnist", show_default=True,
-              help="Task sequence: permuted-mnist, split-mnist or mnist-fashion.")
+              help=f"Task sequence: {sequences_help()}.")
 @click.option("--n-tasks", default=None, type=int,
-              help="Number of tasks (default 5; split-mnist ≤ 5, mnist-fashion ≤ 2).")
+              help=f"Number of tasks, default (allowed): {n_tasks_help()}. A split needs a divisor of "
+                   "its base's classes, at least 2 classes per task.")
 @click.option("--scenario", default=None,
-              help="task, domain or class (default: domain for permuted-mnist, task otherwise).")
+              help=f"task, domain or class (default: {defaults_help('scenario')}).")
 @click.option("--method", "methods", default=",".join(METHODS), show_default=True,
               help="Comma-separated methods.")
 @click.option("--metric", default="output", show_default=True, type=click.Choice(METRICS),
@@ -60,9 +62,9 @@ def _strengths(text: str | None) -> dict[str, float]:
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
               help="Run the seeds S … S+N−1 from --seed S.")
 @click.option("--base", default="mnist5k", show_default=True, type=click.Choice(DATASET_NAMES),
-              help="The digits data set the tasks are built from.")
+              help="The data set the MNIST sequences are built from (the CIFAR ones use their own).")
 @click.option("--model", "model_name", default=None, type=click.Choice(MODEL_NAMES),
-              help="Network (default mlp; fashion-cnn for mnist-fashion).")
+              help=f"Network (default: {defaults_help('model')}).")
 @click.option("--budget", default=315, show_default=True, type=click.IntRange(min=1),
               help="Gradient evaluations per task for every sequential method (joint: × tasks).")
 @click.option("--lr", default=0.01, show_default=True, type=float, help="SGD learning rate (cosine per task).")

@@ -11,7 +11,7 @@ from weightgeo.workflows import train_model
 
 @click.command()
 @click.option("--model", "model_name", default="mlp", show_default=True, type=click.Choice(MODEL_NAMES), help="Architecture.")
-@click.option("--dataset", default="mnist5k", show_default=True, help="mnist5k (embedded), mnist, fashion-mnist, cifar10 or cifar100.")
+@click.option("--dataset", default="mnist5k", show_default=True, help="mnist5k (embedded), mnist, fashion-mnist, cifar10 or cifar100; a --model that does not fit its inputs is refused, naming those that do.")
 @click.option("--hidden", default=None, help="MLP hidden sizes, e.g. 300,100.")
 @click.option("--no-batch-norm", is_flag=True, help="VGG without batch norm.")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1), help="Passes over the training set.")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from weightgeo.applications.continual.methods import METHODS, PENALISED, ContinualConfig
 from weightgeo.applications.continual.runner import MethodResult, run_method, tune_strength
+from weightgeo.data import tasks as task_sequences
 from weightgeo.data.tasks import check_task_options, make_task_sequence
 from weightgeo.errors import WeightgeoError
 from weightgeo.plotting import save_figure
@@ -54,11 +55,13 @@ def _std(values) -> float:
 
 
 def default_scenario(tasks: str) -> str:
-    return {"permuted-mnist": "domain", "split-mnist": "task", "mnist-fashion": "task"}.get(tasks, "domain")
+    """The scenario of sequence ``tasks`` unless one is chosen (defined with the sequence)."""
+    return task_sequences.default_scenario(tasks)
 
 
 def default_model(tasks: str) -> str:
-    return "fashion-cnn" if tasks == "mnist-fashion" else "mlp"
+    """The network of sequence ``tasks`` unless one is chosen (defined with the sequence)."""
+    return task_sequences.default_model(tasks)
 
 
 def run_experiment(
