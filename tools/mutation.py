@@ -978,7 +978,11 @@ def plan(root: Path, args: argparse.Namespace, include: list[str], exclude: list
     if not args.hand_only:
         for module in select_modules(root, include, exclude):
             source = (root / module).read_text(encoding="utf-8")
-            mutants = generate_mutants(source, module, tuple(args.marker))
+            try:
+                mutants = generate_mutants(source, module, tuple(args.marker))
+            except SyntaxError as error:  # e.g. a file being edited: say so, go on
+                print(f"skipped {module}: it does not parse ({error})", flush=True)
+                continue
             if args.operators:
                 mutants = [m for m in mutants if m.operator in args.operators]
             generated[module] = len(mutants)
@@ -1016,9 +1020,8 @@ def run_jobs(runner: Runner, jobs: list[Job], args: argparse.Namespace, t0: floa
     """The clean run of every test set, then every mutant; fills ``records`` and ``baselines``."""
     workers = max(1, args.workers)
     testsets = sorted({tuple(tests) for _, tests in jobs})
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        runs = pool.map(lambda tests: runner.run(list(tests), None, None), testsets)
-        clean = dict(zip(testsets, runs, strict=True))
+    runs = _parallel(workers, lambda tests: runner.run(list(tests), None, None), testsets)
+    clean = dict(zip(testsets, runs, strict=True))
     for tests, r in clean.items():
         passed = r.status == "survived"
         baselines[" ".join(tests)] = {"seconds": round(r.seconds, 2), "passed": passed,
@@ -1048,8 +1051,16 @@ def run_jobs(runner: Runner, jobs: list[Job], args: argparse.Namespace, t0: floa
                   f"{mutant.name or mutant.operator} ({record['seconds']:.1f} s)", flush=True)
         return record
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(one, jobs))
+    _parallel(workers, one, jobs)
+
+
+def _parallel(workers: int, fn, items: list) -> list:
+    """``[fn(x) for x in items]`` on ``workers`` threads; on an interrupt, nothing more starts."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        return list(pool.map(fn, items))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1087,9 +1098,14 @@ def main(argv: list[str] | None = None) -> int:
         run_jobs(runner, jobs, args, t0, records, baselines)
     except KeyboardInterrupt:
         runner.stop_all()
-        print("interrupted: the report covers the mutants run so far")
+        print("interrupted: the report covers the mutants run so far", flush=True)
     finally:
-        runner.cleanup()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second ^C: still clean up
+        try:
+            runner.stop_all()
+            runner.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     order = {m.ident: k for k, (m, _) in enumerate(jobs)}
     records.sort(key=lambda r: order.get(r["id"], len(order)))
