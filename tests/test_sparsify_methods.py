@@ -32,7 +32,7 @@ from weightgeo.data import Data
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
-from weightgeo.metrics import build_metric
+from weightgeo.metrics import OutputMetric, build_metric
 from weightgeo.objectives.sparsity import keep_mask
 
 N_INPUTS = 24
@@ -371,6 +371,44 @@ def test_stage_ratio_sets_the_stages_each_exact_nested_and_paid_for(ratio: float
         assert torch.equal((theta == 0) & task.eligible, task.eligible & ~ranked)
         previous = theta
     assert result.grad_evals == budget  # the rest went to distillation at 90%
+
+
+def test_geodesic_re_estimates_the_metric_on_a_fresh_batch_at_every_stage() -> None:
+    """Each stage is the projection from the previous stage's end under the output metric on
+    one of the unlabelled batches drawn (``metric_batch`` of them), a different one each stage."""
+    damping, cg_iters = 0.1, 3
+    task = _task(metric_batch=6, damping=damping, cg_iters=cg_iters)
+    drawn: list[torch.Tensor] = []
+    input_batches = task.input_batches
+
+    def spy(size: int, seed: int):
+        for batch in input_batches(size, seed):
+            drawn.append(batch)
+            yield batch
+
+    task.input_batches = spy
+    ends: dict[float, torch.Tensor] = {}
+
+    def record(theta: torch.Tensor, level: float) -> dict:
+        ends.setdefault(level, theta.clone())  # each stage's end (at 80%: before the distillation)
+        return {}
+
+    path, _ = geodesic_path(task, [0.8], 24, evaluate=record)
+    assert list(ends)[1:] == path.meta["stages"] and len(ends) == 4  # the start and three stages
+    assert all(len(batch) == 6 for batch in drawn)
+    used = []
+    previous = task.theta
+    for level, theta in list(ends.items())[1:]:
+        keep = keep_mask(previous.abs(), task.eligible, level)
+        matches = [
+            k for k, batch in enumerate(drawn)
+            if torch.allclose(metric_projection(WeightSpace(task.fmodel, OutputMetric(task.fmodel, batch)),
+                                                previous, keep, damping, cg_iters)[0], theta, rtol=1e-9, atol=1e-12)
+        ]
+        assert len(matches) == 1, (level, matches)
+        used += matches
+        previous = theta
+    assert len(set(used)) == len(used)  # a fresh batch at every stage
 
 
 def test_small_budget_coarsens_the_schedule_so_projections_take_at_most_half() -> None:
