@@ -57,7 +57,7 @@ bench-connect: $(BENCH_MLPS)
 
 # Mutation testing, not part of `test` or CI (see TESTING.md): a sample of generated mutants per
 # module plus the hand-written ones of tools/mutations.toml, each in a private copy of the tree;
-# an estimated half hour on 2 cores. `make mutation MUTATION_ARGS="--all"` runs every mutant (hours).
+# roughly 20-40 minutes on 2 cores (an estimate). MUTATION_ARGS="--all": every mutant (hours).
 MUTATION_ARGS ?= --per-module 6
 mutation: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) tools/mutation.py --workers 2 $(MUTATION_ARGS)

@@ -677,13 +677,17 @@ class Runner:
         self.copies: queue.Queue[Path] = queue.Queue()
         self.copy_list: list[Path] = []
         first = self.base / "w0"
-        make_copy(root, repository_files(root, source), first)
-        for k in range(workers):  # every copy from the first: one consistent snapshot
-            copy = first if k == 0 else self.base / f"w{k}"
-            if k:
-                shutil.copytree(first, copy, symlinks=True)
-            self.copies.put(copy)
-            self.copy_list.append(copy)
+        try:
+            make_copy(root, repository_files(root, source), first)
+            for k in range(workers):  # every copy from the first: one consistent snapshot
+                copy = first if k == 0 else self.base / f"w{k}"
+                if k:
+                    shutil.copytree(first, copy, symlinks=True)
+                self.copies.put(copy)
+                self.copy_list.append(copy)
+        except BaseException:
+            shutil.rmtree(self.base, ignore_errors=True)
+            raise
         self.snapshot = first
         self.pytest_args = pytest_args or []
         self._processes: set[subprocess.Popen] = set()
