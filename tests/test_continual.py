@@ -39,6 +39,9 @@ def test_scores_on_a_hand_made_matrix():
     # forgetting = mean(max earlier − final) = ((0.8 − 0.6) + (0.9 − 0.7)) / 2 = 0.2 ≠ −BWT
     assert s["forgetting"] == pytest.approx(0.20)
     assert s["plasticity"] == pytest.approx((0.50 + 0.90 + 0.95) / 3)
+    # Task 1 ends ABOVE its earlier best: forgetting counts only the rows before the last (−0.1)
+    rising = scores([[0.50, NAN], [0.60, 0.90]])
+    assert rising["forgetting"] == pytest.approx(-0.10) and rising["bwt"] == pytest.approx(0.10)
     one = scores([[0.7]])
     assert one["avg_accuracy"] == pytest.approx(0.7) and math.isnan(one["bwt"]) and math.isnan(one["forgetting"])
 

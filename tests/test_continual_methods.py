@@ -29,6 +29,7 @@ from weightgeo.data.core import Data
 from weightgeo.data.tasks import Task, TaskSequence, make_task_sequence, mask_logits
 from weightgeo.functional import FunctionalModel
 from weightgeo.metrics import OutputMetric
+from weightgeo.paths import output_distance
 
 SHAPE = (1, 2, 3)  # six input features
 CLASSES = 3  # classes per task
@@ -194,22 +195,40 @@ def test_penalised_training_stays_closer_to_the_old_solution_than_finetune(metho
 # -- fip ------------------------------------------------------------------------------------------
 
 
-def test_fip_first_step_on_a_new_task_is_the_plain_gradient_step_for_every_strength():
-    # D(f(θ), f(θ₀)) is flat at θ₀, so the first step is −lr ∇CE whatever the strength s.
-    seq = synthetic_sequence("task", 2, n_train=20)
+def test_fip_first_two_steps_match_a_hand_computed_reference():
+    # Core fip minimises D + (1/s)·CE with lr·s and momentum β: with full batches
+    # θ₁ = θ₀ − lr ∇CE(θ₀) (D is flat at θ₀), θ₂ = θ₁ − lr (β ∇CE(θ₀) + ∇CE(θ₁) + s ∇D(θ₁)),
+    # D the Bhattacharyya distance to f(θ₀) on the memory of BOTH earlier tasks.
+    seq = synthetic_sequence("task", 3, n_train=20)
     fmodel = small_net(seq.num_outputs)
-    theta0 = perturbed(fmodel.theta(), 1)
-    data = seq.tasks[1].train
-    t = theta0.clone().requires_grad_(True)
-    ce = F.cross_entropy(mask_logits(fmodel(t, data.x), seq.allowed(1)), data.y)
-    expected = theta0 - 0.05 * torch.autograd.grad(ce, t)[0]
+    lr, beta = 0.05, 0.9
+    data = seq.tasks[2].train
+
+    def grad_ce(theta):
+        t = theta.clone().requires_grad_(True)
+        return torch.autograd.grad(F.cross_entropy(mask_logits(fmodel(t, data.x), seq.allowed(2)), data.y), t)[0]
+
     for s in (0.3, 30.0):
-        # budget 3 = the objective at θ₀ + one step (D and the objective at θ₁); full batches
-        learner = make_learner("fip", fmodel, seq, config(budget=3, batch_size=64, lr=0.05, strengths={"fip": s}))
-        learner.after_task(0, theta0)
-        learned = learner.learn(1, theta0)
-        assert learned.grad_evals == 3
-        assert torch.allclose(learned.theta, expected, rtol=1e-5, atol=1e-6), s
+        steps = {}
+        for budget in (3, 5):  # the objective at θ₀, then 2 per step (D and the objective)
+            learner = make_learner("fip", fmodel, seq, config(budget=budget, batch_size=64, lr=lr,
+                                                              strengths={"fip": s}))
+            learner.after_task(0, perturbed(fmodel.theta(), 0))
+            learner.after_task(1, perturbed(fmodel.theta(), 1))
+            theta0 = perturbed(fmodel.theta(), 2)
+            learned = learner.learn(2, theta0)
+            assert learned.grad_evals == budget
+            steps[budget] = learned.theta
+        memory = learner.memory.inputs()
+        assert memory.shape[0] == 12
+        theta1 = theta0 - lr * grad_ce(theta0)
+        t = theta1.clone().requires_grad_(True)
+        distance = output_distance(fmodel(t, memory), fmodel(theta0, memory).detach(), "bhattacharyya")
+        grad_d = torch.autograd.grad(distance, t)[0]
+        theta2 = theta1 - lr * (beta * grad_ce(theta0) + grad_ce(theta1) + s * grad_d)
+        assert torch.allclose(steps[3], theta1, rtol=1e-5, atol=1e-6), s
+        assert torch.allclose(steps[5], theta2, rtol=1e-5, atol=1e-6), s
+    assert lr * s * float(grad_d.norm()) > 1e-3  # the D term moves θ₂ far beyond the tolerance
 
 
 def test_fip_larger_strength_keeps_the_memory_outputs_closer():
@@ -254,6 +273,41 @@ def test_geodesic_direction_is_mu_times_the_damped_dense_solve_for_one_linear_la
     assert float((direction - g.double()).norm()) > 0.1 * float(g.norm())  # not the plain gradient
 
 
+@pytest.mark.parametrize(("solver", "settings"), [
+    ("kfac", {"budget": CLASSES + 2}),  # K-FAC (C + 1 products) and one step
+    ("nystrom", {"budget": 15, "rank": 14}),  # rank 14 products and one step
+    ("cg", {"budget": 41, "cg_iters": 40}),  # one step of 1 + 40 evaluations
+    ("traverse", {"budget": 42, "cg_iters": 40, "step_size": 0.01}),  # room for one step only
+])
+def test_geodesic_first_step_on_a_new_task_follows_the_damped_natural_gradient(solver, settings):
+    # Full batches, one linear layer: the step is −lr μ (G_old + μI)^{-1} ∇L (momentum SGD's
+    # first step), or for the traverse tracer that direction scaled to the length step_size.
+    seq = synthetic_sequence("domain", 3, n_train=20)
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)))
+    mu, lr = 0.05, 0.05
+    learner = make_learner("geodesic", fmodel, seq, config(solver=solver, batch_size=64, memory_per_task=2, lr=lr,
+                                                           strengths={"geodesic": mu}, **settings))
+    for k in range(2):
+        learner.after_task(k, perturbed(fmodel.theta(), k))
+    theta0 = perturbed(fmodel.theta(), 5)
+    learned = learner.learn(2, theta0)
+    data = seq.tasks[2].train
+    t = theta0.clone().requires_grad_(True)
+    g = torch.autograd.grad(F.cross_entropy(fmodel(t, data.x), data.y), t)[0].double()
+    dense_model = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)).double())
+    G = OutputMetric(dense_model, learner.memory.inputs().double()).at(theta0.double()).dense()
+    natural = mu * torch.linalg.solve(G + mu * torch.eye(len(g), dtype=torch.float64), g)
+    step = (learned.theta - theta0).double()
+    if solver == "traverse":
+        expected = -settings["step_size"] * natural / natural.norm()
+    else:
+        expected = -lr * natural
+    assert torch.allclose(step, expected, rtol=1e-3, atol=1e-6), float((step - expected).norm())
+    plain = -lr * g if solver != "traverse" else -settings["step_size"] * g / g.norm()
+    assert float((step - plain).norm()) > 0.1 * float(step.norm())  # not the plain gradient step
+
+
 def test_geodesic_learning_changes_the_memory_outputs_less_than_finetune():
     seq = synthetic_sequence("domain", 2, n_train=64)
     fmodel = small_net(seq.num_outputs, hidden=8)
@@ -269,6 +323,21 @@ def test_geodesic_learning_changes_the_memory_outputs_less_than_finetune():
     new = seq.tasks[1].train
     loss = lambda th: float(F.cross_entropy(fmodel(th, new.x), new.y))  # noqa: E731
     assert loss(theta_geo) < loss(theta0) - 0.1  # and it still learns the new task
+
+
+def test_geodesic_output_anchor_pulls_the_memory_outputs_back():
+    seq = synthetic_sequence("domain", 2, n_train=64)
+    fmodel = small_net(seq.num_outputs, hidden=8)
+    distances = {}
+    for anchor in (0.0, 5.0):
+        cfg = config(budget=40, lr=0.05, memory_per_task=4, anchor=anchor, strengths={"geodesic": 0.1})
+        learner = make_learner("geodesic", fmodel, seq, cfg)
+        theta0 = learner.learn(0, fmodel.theta()).theta
+        learner.after_task(0, theta0)
+        theta1 = learner.learn(1, theta0).theta
+        x = learner.memory.inputs()
+        distances[anchor] = float(output_distance(fmodel(theta1, x), fmodel(theta0, x), "bhattacharyya"))
+    assert 0 < distances[5.0] < 0.5 * distances[0.0]
 
 
 # -- replay and the output units of each scenario ------------------------------------------------
@@ -313,7 +382,7 @@ def test_task_loss_uses_the_scenarios_output_units(scenario):
 
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])
 def test_replay_trains_on_stored_examples_with_their_labels_and_units(scenario):
-    seq = synthetic_sequence(scenario, 3, n_train=20)
+    seq = synthetic_sequence(scenario, 4, n_train=20)  # at task 2 of 4 the class units are not all units
     fmodel = small_net(seq.num_outputs)
     learner = make_learner("replay", fmodel, seq, config(memory_per_task=5))
     theta = perturbed(fmodel.theta(), 1)
@@ -335,7 +404,10 @@ def test_replay_trains_on_stored_examples_with_their_labels_and_units(scenario):
         expected = torch.stack(per_example).mean()
     else:  # class: the units of every task seen so far; domain: all
         expected = F.cross_entropy(mask_logits(logits, _units(seq, 2, scenario)), by)
-    assert torch.allclose(learner.loss(theta, 2, bx, by), expected, rtol=1e-6)
+    loss = learner.loss(theta, 2, bx, by)
+    assert torch.allclose(loss, expected, rtol=1e-6)
+    if scenario != "domain":
+        assert not torch.allclose(loss, F.cross_entropy(logits, by), rtol=1e-3)  # the units matter
 
 
 # -- budgets ----------------------------------------------------------------------------------------
@@ -390,6 +462,15 @@ def test_joint_takes_the_total_budget_in_steps():
     assert all(math.isnan(v) for row in result.matrix[:-1] for v in row)
 
 
+def test_joint_learns_every_task_on_its_own_units():
+    # Task-incremental: each example is trained on its own task's units (the tasks share their
+    # inputs' distribution, so only the units tell them apart); a wrong mask leaves labels
+    # outside the allowed units, or mixes the tasks' teachers on the same units.
+    seq = synthetic_sequence("task", 3, n_train=64)
+    result = run_method("joint", seq, "mlp", config(budget=60, lr=0.1), seed=0, model_config={"hidden": [16]})
+    assert min(result.matrix[-1]) > 1 / CLASSES + 0.25, result.matrix[-1]
+
+
 # -- the accuracy matrix and the tuning split -----------------------------------------------------
 
 
@@ -418,13 +499,16 @@ def constant_sequence() -> TaskSequence:
 @pytest.mark.parametrize(("split", "expected"), [("test", [[0.6, None], [0.4, 0.75]]),
                                                  ("val", [[0.2, None], [0.8, 0.9]])])
 def test_accuracy_matrix_of_a_hand_built_sequence_has_the_known_entries(split, expected):
+    kwargs = {} if split == "test" else {"split": split}  # R is measured on the test split by default
     result = run_method("finetune", constant_sequence(), "mlp", config(budget=30, lr=0.5, batch_size=8),
-                        seed=0, split=split, model_config={"hidden": [4]})
+                        seed=0, model_config={"hidden": [4]}, **kwargs)
     assert math.isnan(result.matrix[0][1])
     got = [result.matrix[0][0], result.matrix[1][0], result.matrix[1][1]]
     assert got == pytest.approx([expected[0][0], expected[1][0], expected[1][1]], abs=1e-9)
     assert result.scores["avg_accuracy"] == pytest.approx((expected[1][0] + expected[1][1]) / 2)
     assert result.scores["bwt"] == pytest.approx(expected[1][0] - expected[0][0])
+    assert result.scores["forgetting"] == pytest.approx(expected[0][0] - expected[1][0])  # < 0 on val
+    assert result.scores["plasticity"] == pytest.approx((expected[0][0] + expected[1][1]) / 2)
 
 
 def _poisoned(seq: TaskSequence, split: str) -> TaskSequence:

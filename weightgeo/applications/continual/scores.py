@@ -7,7 +7,8 @@ Conventions (T tasks, accuracies as fractions; reports multiply by 100, "points"
 - BWT (backward transfer, Lopez-Paz & Ranzato 2017) = (1/(T−1)) Σ_{j<T−1} (R[T−1][j] − R[j][j]);
   negative means forgetting.
 - forgetting (Chaudhry et al. 2018) = (1/(T−1)) Σ_{j<T−1} (max_{j≤l<T−1} R[l][j] − R[T−1][j]);
-  ≥ 0. It equals −BWT when no task's accuracy ever rises above its first value.
+  negative only when tasks end above their best earlier accuracy. It equals −BWT when no
+  task's accuracy ever rises above its first value.
 - plasticity = (1/T) Σ_j R[j][j], the accuracy on each task right after learning it.
 
 Entries above the diagonal (tasks not yet learned) are not used. With one task BWT and
