@@ -110,10 +110,8 @@ def test_magnitude_prunes_exactly_the_smallest_magnitudes_and_keeps_large_negati
 
 
 def test_layer_ranking_prunes_every_layer_to_the_level_by_its_own_magnitudes() -> None:
-    fm = _fmodel()
-    theta = fm.theta()
-    task = _task(theta=theta, ranking="layer")
-    first, second = _layers(task)
+    theta = _fmodel().theta()
+    first, second = _layers(_task())
     theta[second] = theta[second] * 100  # globally, the second layer would never be pruned
     task = _task(theta=theta.clone(), ranking="layer")
     (r,) = METHODS["magnitude"](task, [0.5], 0)
