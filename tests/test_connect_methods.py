@@ -217,10 +217,11 @@ def test_traverse_records_its_final_segment_to_theta_b():
 
 def test_traverse_weight_bends_the_walk():
     ends = []
-    for weight in (0.0, 5.0):
+    for weight in (0.0, 1.0, 3.0):
         s = _setting("output", traverse_weight=weight, budget=40, cg_iters=3, tol=1e-6)
         ends.append(run_method("traverse", s).curve.vertices[-2])
     assert float((ends[0] - ends[1]).norm()) > 1e-2
+    assert float((ends[1] - ends[2]).norm()) > 1e-3  # the weight itself is used, not only its sign
 
 
 def test_relax_method_shortens_the_path_under_its_metric():
@@ -234,6 +235,38 @@ def test_relax_method_shortens_the_path_under_its_metric():
     assert length(relaxed) < 0.97 * length(line)  # the relaxed length is ≈ 0.95 of the line's
     torch.testing.assert_close(relaxed[0], s.theta_a)
     torch.testing.assert_close(relaxed[-1], s.theta_b)
+
+
+def test_relax_method_task_weight_lowers_the_loss_at_its_nodes():
+    def node_losses(task_weight):
+        s = _setting("output", task_weight=task_weight, budget=400, nodes=3, relax_lr=0.01)
+        nodes = run_method("relax", s).curve.vertices[1:-1]
+        return [float(F.cross_entropy(s.model(w, s.train.x), s.train.y)) for w in nodes]
+
+    energy_only, with_task = node_losses(0.0), node_losses(20.0)
+    assert max(with_task) < 0.85 * min(energy_only)
+
+
+def test_connect_reports_each_path_length_under_its_metric():
+    """metric_length is the sum of the metric distances between consecutive evaluated points."""
+    s = _setting()
+    train, test = s.train, s.test
+    euclid = connect_networks(s.model, s.theta_a, s.theta_b, train, test, None, methods=["linear", "polychain"],
+                              points=5, plane_grid=0, with_train=False, metric="euclidean", budget=50)
+    polychain = euclid["results"]["polychain"].curve
+    pts, _ = polychain.sample(5)
+    chords = float((pts[1:] - pts[:-1]).norm(dim=-1).sum())
+    line, bent = euclid["rows"]
+    assert bent["metric_length"] == pytest.approx(chords, rel=1e-5)
+    assert bent["metric_length"] > 1.01 * float((s.theta_b - s.theta_a).norm())  # the bend counts
+    assert line["metric_length"] == pytest.approx(float((s.theta_b - s.theta_a).norm()), rel=1e-5)
+    # the output metric on every training input (metric_batch covers the training set)
+    output = connect_networks(s.model, s.theta_a, s.theta_b, train, test, None, methods=["linear"], points=5,
+                              plane_grid=0, with_train=False, metric="output", metric_batch=len(train.x))
+    line_pts = s.theta_a + torch.linspace(0, 1, 5)[:, None] * (s.theta_b - s.theta_a)
+    s_all = Setting(s.model, s.theta_a, s.theta_b, train, test, metric_inputs=train.x)
+    by_hand = sum(_output_distance(s_all, p, q) for p, q in zip(line_pts[:-1], line_pts[1:], strict=True))
+    assert output["rows"][0]["metric_length"] == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_rebasin_method_ends_at_the_same_function_as_theta_b():
