@@ -297,3 +297,18 @@ def test_relax_keeps_accuracy_where_the_straight_line_loses_it_on_mnist5k(mnist5
     assert relaxed["min_test_accuracy"] > linear["min_test_accuracy"] + 2
     assert relaxed["loss_barrier"] < 0.5 * linear["loss_barrier"]
     assert relaxed["grad_evals"] <= 300
+
+
+def test_curve_training_gradients_of_bezier_and_polychain_at_the_straight_line():
+    """A bend at the midpoint makes both curves the straight line w(t) = (1−t)θ_a + tθ_b; the
+    expected gradient of ½λ||w(t)||² in the bend is then λ E[∂w/∂bend · w] = λ(θ_a + θ_b)·k with
+    k = E[2t(1−t)·…] = 1/6 (Bezier) and 1/4 (polychain). With a tiny learning rate the bend drifts
+    by the same schedule times that gradient: the drifts along θ_a + θ_b are in ratio 3/2."""
+    drift = {}
+    for kind in ("bezier", "polychain"):
+        s = _setting(budget=300, weight_decay=1000.0, curve_lr=1e-8)
+        bend = run_method(kind, s).curve.control_points()[1]
+        both = s.theta_a + s.theta_b
+        drift[kind] = float((0.5 * both - bend) @ both / (both @ both))
+    assert drift["bezier"] > 0
+    assert drift["polychain"] / drift["bezier"] == pytest.approx(1.5, abs=0.1)
