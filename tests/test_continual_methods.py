@@ -28,7 +28,7 @@ from weightgeo.applications.continual.methods import empirical_fisher_diagonal
 from weightgeo.data.core import Data
 from weightgeo.data.tasks import Task, TaskSequence, make_task_sequence, mask_logits
 from weightgeo.functional import FunctionalModel
-from weightgeo.metrics import OutputMetric
+from weightgeo.metrics import FisherMetric, OutputMetric
 from weightgeo.paths import output_distance
 
 SHAPE = (1, 2, 3)  # six input features
@@ -248,26 +248,36 @@ def test_fip_larger_strength_keeps_the_memory_outputs_closer():
 # -- the geodesic method --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("solver", "cost"), [("kfac", CLASSES + 1), ("nystrom", 14)])
-def test_geodesic_direction_is_mu_times_the_damped_dense_solve_for_one_linear_layer(solver, cost):
-    # One linear layer: K-FAC of the output metric is exact, and G has rank 3·4 = 12 < 14 = the
-    # Nyström rank, so both solvers give μ (G_old + μI)^{-1} ∇L of the memory of BOTH old tasks.
+@pytest.mark.parametrize(("metric", "solver", "old_tasks", "per_task", "cost"), [
+    ("output", "kfac", 2, 2, CLASSES + 1),  # K-FAC: C + 1 products
+    ("output", "nystrom", 2, 2, 14),  # the rank
+    ("fisher", "kfac", 1, 1, CLASSES + 1),
+    ("diag-fisher", "kfac", 2, 2, CLASSES),  # one per-example gradient per class and stored input
+])
+def test_geodesic_direction_is_mu_times_the_damped_dense_solve_for_one_linear_layer(
+        metric, solver, old_tasks, per_task, cost):
+    # One linear layer: K-FAC of the output metric is exact (of the Fisher for one input), and G
+    # has rank 3·4 = 12 < 14 = the Nyström rank, so each solver gives μ (G_old + μI)^{-1} ∇L with
+    # G_old the metric of the memory of EVERY old task (for diag-fisher: G's diagonal).
     seq = synthetic_sequence("domain", 3, n_train=20)
     torch.manual_seed(0)
     fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)))
     mu = 0.05
-    learner = make_learner("geodesic", fmodel, seq, config(budget=30, memory_per_task=2, solver=solver,
-                                                           rank=14, strengths={"geodesic": mu}))
-    for k in range(2):
+    learner = make_learner("geodesic", fmodel, seq, config(budget=30, memory_per_task=per_task, solver=solver,
+                                                           metric=metric, rank=14, strengths={"geodesic": mu}))
+    for k in range(old_tasks):
         learner.after_task(k, perturbed(fmodel.theta(), k))
     theta = perturbed(fmodel.theta(), 5)
-    assert learner.before_task(2, theta) == cost
+    assert learner.before_task(old_tasks, theta) == cost
     g = torch.randn(theta.shape, generator=torch.Generator().manual_seed(9))
     direction = learner.direction(theta, g).double()
     inputs = learner.memory.inputs()
-    assert inputs.shape[0] == 4
+    assert inputs.shape[0] == old_tasks * per_task
     dense_model = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)).double())
-    G = OutputMetric(dense_model, inputs.double()).at(theta.double()).dense()
+    reference = OutputMetric if metric == "output" else FisherMetric
+    G = reference(dense_model, inputs.double()).at(theta.double()).dense()
+    if metric == "diag-fisher":
+        G = torch.diag(G.diagonal())
     expected = mu * torch.linalg.solve(G + mu * torch.eye(len(theta), dtype=torch.float64), g.double())
     assert torch.allclose(direction, expected, rtol=1e-3, atol=1e-5)
     assert float((direction - g.double()).norm()) > 0.1 * float(g.norm())  # not the plain gradient
@@ -338,6 +348,23 @@ def test_geodesic_output_anchor_pulls_the_memory_outputs_back():
         x = learner.memory.inputs()
         distances[anchor] = float(output_distance(fmodel(theta1, x), fmodel(theta0, x), "bhattacharyya"))
     assert 0 < distances[5.0] < 0.5 * distances[0.0]
+
+
+@pytest.mark.parametrize("layer", [nn.Dropout(0.5), nn.BatchNorm1d(8)], ids=["dropout", "batch-norm"])
+def test_geodesic_output_anchor_is_zero_at_the_tasks_start_and_leaves_batch_norm_alone(layer):
+    # The reference f(x; θ₀) is taken in eval mode, so the anchor compares eval-mode outputs:
+    # D = 0 at θ₀ (no pull before θ moves), and the memory never enters the running statistics.
+    seq = synthetic_sequence("domain", 2, n_train=40)
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, 8), layer, nn.Tanh(), nn.Linear(8, 3)))
+    learner = make_learner("geodesic", fmodel, seq, config(anchor=1.0))
+    theta0 = perturbed(fmodel.theta(), 1)
+    learner.after_task(0, theta0)
+    learner.before_task(1, theta0)
+    buffers = {name: b.clone() for name, b in learner.buffers.items()}
+    assert abs(float(learner.anchor_loss(theta0))) < 1e-6
+    assert float(learner.anchor_loss(perturbed(theta0, 2))) > 1e-3  # and positive once θ moves
+    assert all(torch.equal(b, learner.buffers[name]) for name, b in buffers.items())
 
 
 # -- replay and the output units of each scenario ------------------------------------------------
@@ -434,25 +461,38 @@ def test_geodesic_per_step_solvers_stay_within_the_budget(solver):
 
 
 @pytest.mark.parametrize(
-    ("method", "bookkeeping"),
-    [("finetune", [0, 0, 0]), ("l2", [0, 0, 0]), ("si", [0, 0, 0]), ("replay", [0, 0, 0]),
-     ("ewc", [3, 3, 3]), ("online-ewc", [3, 3, 3]), ("geodesic", [0, CLASSES + 1, CLASSES + 1])],
+    ("method", "settings", "steps", "spent"),
+    [("finetune", {}, [13] * 3, [13] * 3), ("l2", {}, [13] * 3, [13] * 3), ("si", {}, [13] * 3, [13] * 3),
+     ("replay", {}, [13] * 3, [13] * 3),
+     ("ewc", {}, [10] * 3, [13] * 3), ("online-ewc", {}, [10] * 3, [13] * 3),  # a Fisher of 40: ⌈40/16⌉ = 3
+     ("geodesic", {}, [13, 9, 9], [13] * 3),  # K-FAC: C + 1 = 4 products
+     # a rebuild every 2 steps: 4 steps + 4 (K-FAC) + 4 (one rebuild, at step 2) = 12 ≤ 13
+     ("geodesic", {"refresh": 2}, [13, 4, 4], [13, 12, 12])],
 )
-def test_sequential_methods_take_the_steps_their_budget_pays_for(method, bookkeeping):
-    # ewc: a Fisher of the 40 examples costs ⌈40/16⌉ = 3; geodesic: K-FAC costs C + 1 products.
+def test_sequential_methods_take_the_steps_their_budget_pays_for(method, settings, steps, spent):
     seq = synthetic_sequence("domain", 3, n_train=40)
     fmodel = small_net(seq.num_outputs)
-    learner = make_learner(method, fmodel, seq, config())
-    steps: list[int] = []
+    learner = make_learner(method, fmodel, seq, config(**settings))
+    taken: list[int] = []
     original = learner.after_step
-    learner.after_step = lambda *args: (steps.append(1), original(*args))
+    learner.after_step = lambda *args: (taken.append(1), original(*args))
     theta = fmodel.theta()
     for t in range(3):
-        before = len(steps)
+        before = len(taken)
         learned = learner.learn(t, theta)
         theta = learned.theta
         learner.after_task(t, theta)
-        assert learned.grad_evals == 13 and len(steps) - before == 13 - bookkeeping[t], t
+        assert (len(taken) - before, learned.grad_evals) == (steps[t], spent[t]), t
+
+
+def test_runner_anchors_each_penalty_at_the_solution_it_learned():
+    # With a strong L2 pull to the previous task's weights the second task cannot move θ far:
+    # task 1 keeps its accuracy. Anchored anywhere else (e.g. the initial weights) it would not.
+    seq = synthetic_sequence("domain", 2, n_train=64)
+    result = run_method("l2", seq, "mlp", config(budget=60, lr=0.1, strengths={"l2": 10.0}), seed=0,
+                        model_config={"hidden": [16]})
+    assert result.matrix[0][0] > 0.7
+    assert abs(result.matrix[1][0] - result.matrix[0][0]) <= 0.05, result.matrix
 
 
 def test_joint_takes_the_total_budget_in_steps():

@@ -464,14 +464,15 @@ class Geodesic(Learner):
         """anchor · D(f(x; θ), f(x; θ₀)) on a memory minibatch (``anchor`` > 0 only).
 
         Evaluated on the same forward/backward budget as a replay step (counted with the
-        task gradient as one evaluation); its gradient is not preconditioned.
+        task gradient as one evaluation); its gradient is not preconditioned. In eval mode,
+        like its reference: D is 0 at θ₀ and the memory never enters batch-norm statistics.
         """
         if self.reference is None:
             return None
         inputs = self.memory.inputs()
         index = torch.randint(len(inputs), (self.config.batch_size,), generator=self.anchor_generator)
         index = index.to(inputs.device)
-        logits = self.logits(theta, inputs[index])
+        logits = self.fmodel(theta, inputs[index], self.buffers)
         return self.config.anchor * output_distance(logits, self.reference[index], self.config.fip_distance)
 
     def refresh_cost(self, steps: int) -> int:
