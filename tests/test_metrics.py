@@ -279,6 +279,6 @@ def test_diagonal_fisher_charges_its_construction_once(model_case):
     op = DiagonalFisher(model, x).at(theta)
     classes = FunctionalModel(model)(theta, x).shape[-1]
     g = torch.randn_like(theta)
-    assert op.solve(g, 0.1).products == classes
-    assert op.solve(g, 0.1).products == 0
-    assert DiagonalFisher(model, x, targets=torch.zeros(len(x), dtype=torch.long)).at(theta).solve(g, 0.1).products == 1
+    assert op.solve(g, 0.1).cost == classes
+    assert op.solve(g, 0.1).cost == 0
+    assert DiagonalFisher(model, x, targets=torch.zeros(len(x), dtype=torch.long)).at(theta).solve(g, 0.1).cost == 1

@@ -9,9 +9,8 @@ from torch import nn
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
-from weightgeo.metrics import DiagonalFisher, Euclidean, FisherMetric, OutputMetric
-from weightgeo.paths import relax, resample_polyline, segment_squared_lengths
-from weightgeo.paths.relax import NodeFunction
+from weightgeo.metrics import DiagonalFisher, Euclidean, FisherMetric, Metric, OutputMetric
+from weightgeo.paths import relax, resample_polyline
 
 
 def _model(seed: int = 0, batch_norm: bool = False) -> FunctionalModel:
@@ -43,7 +42,7 @@ def test_euclidean_relax_returns_the_straight_line_at_even_spacing():
     assert path.euclidean_length == pytest.approx(distance, rel=1e-9)
     assert path.metric_length == pytest.approx(distance, rel=1e-9)
     assert path.grad_evals == 0  # no network was evaluated
-    assert len(path) == k + 2 and path.stop_reason == "steps"
+    assert len(path) == k + 2 and path.stop_reason == "max-steps"
 
 
 def test_batched_nodes_equal_the_loop_and_the_model():
@@ -51,7 +50,7 @@ def test_batched_nodes_equal_the_loop_and_the_model():
     theta_a, theta_b = _points(fm)
     stack = torch.stack([theta_a, 0.5 * (theta_a + theta_b), theta_b])
     x = torch.randn(7, 4, dtype=torch.float64)
-    fn = NodeFunction(fm)
+    fn = fm.stacked()
     torch.testing.assert_close(fn(stack, x), fn.loop(stack, x))
     torch.testing.assert_close(fn(stack, x)[0], fm(theta_a, x))
 
@@ -59,7 +58,7 @@ def test_batched_nodes_equal_the_loop_and_the_model():
 def test_batch_norm_nodes_use_batch_statistics():
     fm = _model(batch_norm=True)
     x = torch.randn(9, 4, dtype=torch.float64)
-    out = NodeFunction(fm)(fm.theta()[None], x)[0]
+    out = fm.stacked()(fm.theta()[None], x)[0]
     module = fm.to_module(fm.theta()).train()
     torch.testing.assert_close(out, module(x))
     assert torch.equal(fm.buffers["1.running_mean"], torch.zeros(8, dtype=torch.float64))  # untouched
@@ -72,7 +71,7 @@ def test_output_relax_shortens_the_path_in_function_space():
     space = WeightSpace(fm, OutputMetric(fm, x))
     k = 6
     straight = theta_a + torch.linspace(0, 1, k + 2, dtype=torch.float64)[:, None] * (theta_b - theta_a)
-    before = segment_squared_lengths(space, straight).sqrt().sum()
+    before = space.segment_energies(straight).sqrt().sum()
     path = relax(space, theta_a, theta_b, nodes=k, steps=150, lr=3e-3)
     assert path.metric_length < 0.97 * float(before)
     torch.testing.assert_close(path.start, theta_a)
@@ -101,14 +100,41 @@ def test_resample_polyline_is_even_by_arc_length():
     torch.testing.assert_close(fractions, torch.linspace(0, 1, 5, dtype=torch.float64))
 
 
-def test_relax_refuses_metrics_without_a_discrete_energy():
+class _Warped(Metric):
+    """A user's metric written as the README shows (only ``mvp``): G(θ) = diag(1 + θ²)."""
+
+    product_cost = 0
+
+    def mvp(self, theta, v):
+        return (1 + theta.square()) * v
+
+
+def test_relax_uses_the_midpoint_energy_of_any_metric_from_its_products():
     fm = _model()
     theta_a, theta_b = _points(fm)
     x = torch.randn(8, 4, dtype=torch.float64)
-    with pytest.raises(WeightgeoError, match="discrete energy"):
-        relax(WeightSpace(fm, DiagonalFisher(fm, x)), theta_a, theta_b, nodes=2, steps=1)
+    for metric in (_Warped(), DiagonalFisher(fm, x)):
+        space = WeightSpace(fm, metric)
+        path = relax(space, theta_a, theta_b, nodes=2, steps=3, lr=1e-2, normalize=False)
+        nodes = torch.stack([w for _, w in path.waypoints()])
+        for k in range(1, len(nodes)):
+            d, middle = nodes[k] - nodes[k - 1], 0.5 * (nodes[k] + nodes[k - 1])
+            dense = metric.dense(middle) if hasattr(metric, "dense") else None
+            expected = float(d @ dense @ d) ** 0.5
+            assert path.records[k]["metric_length"] == pytest.approx(expected, rel=1e-9)
     with pytest.raises(WeightgeoError, match="at least one interior node"):
         relax(WeightSpace(fm), theta_a, theta_b, nodes=0)
+
+
+def test_relax_with_a_user_metric_bends_toward_its_geodesic():
+    """Under G = diag(1 + θ²) straight lines are not geodesics: relax lowers the energy."""
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    space = WeightSpace(fm, _Warped())
+    path = relax(space, theta_a, theta_b, nodes=3, steps=100, lr=1e-2, normalize=False)
+    line = torch.stack([theta_a + t * (theta_b - theta_a) for t in torch.linspace(0, 1, 5, dtype=torch.float64)])
+    nodes = torch.stack([w for _, w in path.waypoints()])
+    assert float(space.segment_energies(nodes).sum()) < 0.99 * float(space.segment_energies(line).sum())
 
 
 # -- reported segment lengths against dense metrics ------------------------------------------

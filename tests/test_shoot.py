@@ -7,10 +7,9 @@ import torch
 from torch import nn
 from torch.func import grad, jacrev, jvp
 
-from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
-from weightgeo.metrics import DiagonalFisher, Euclidean, FisherMetric, OutputMetric
+from weightgeo.metrics import DiagonalFisher, Euclidean, FisherMetric, Metric, OutputMetric
 from weightgeo.paths import shoot
 
 
@@ -169,8 +168,45 @@ def test_heun_and_rk4_integrate_the_same_geodesic():
     assert capped.grad_evals == (4 * 2 + 1) * (2 + 3) and rk4.grad_evals > capped.grad_evals
 
 
-def test_shoot_refuses_metrics_without_a_geodesic_equation():
+class _Warped(Metric):
+    """A user's metric with only ``mvp``: G(θ) = diag(1 + θ²), whose geodesics bend."""
+
+    product_cost = 0
+
+    def mvp(self, theta, v):
+        return (1 + theta.square()) * v
+
+
+def test_any_metric_has_the_geodesic_force_of_its_christoffel_symbols():
+    """For g_i = 1 + θ_i², the Euler–Lagrange equation gives g θ'' = −θ θ'²: F = θ v²."""
+    fm, _ = _tanh_mlp()
+    theta = fm.theta()
+    v = torch.randn(fm.n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    force, speed_sq, _ = _Warped().at(theta).geodesic_force(v)
+    torch.testing.assert_close(force, theta * v.square())
+    assert float(speed_sq) == pytest.approx(float(((1 + theta.square()) * v.square()).sum()), rel=1e-12)
+
+
+def test_shoot_integrates_a_user_metric_like_a_fine_ode_solver():
+    fm, _ = _tanh_mlp()
+    space = WeightSpace(fm, _Warped(), damping=0.0, cg_maxiter=200, cg_tol=1e-14)
+    theta = fm.theta()
+    v = torch.randn(fm.n, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    end = shoot(space, theta, v, steps=20).end
+    x, u = theta.clone(), v.clone()
+    for _ in range(4000):  # explicit Euler on θ'' = −θ θ'² / (1 + θ²), step 1/4000
+        a = -x * u.square() / (1 + x.square())
+        x, u = x + u / 4000, u + a / 4000
+    torch.testing.assert_close(end, x, atol=2e-3, rtol=0)
+    assert float((end - (theta + v)).norm()) > 0.05  # it bends: not the straight line
+    speeds = torch.tensor(shoot(space, theta, v, steps=20, save_every=1).column("damped_speed"))
+    assert float((speeds.max() - speeds.min()) / speeds.mean()) < 1e-4  # constant speed
+
+
+def test_diagonal_fisher_geodesics_come_from_its_products():
     fm, x = _tanh_mlp()
-    space = WeightSpace(fm, DiagonalFisher(fm, x))
-    with pytest.raises(WeightgeoError, match="pull-back metrics"):
-        shoot(space, fm.theta(), torch.zeros(fm.n, dtype=torch.float64))
+    space = WeightSpace(fm, DiagonalFisher(fm, x[:8]), damping=1e-3, cg_maxiter=1)
+    theta = fm.theta()
+    v = 1e-2 * torch.randn(fm.n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    path = shoot(space, theta, v, steps=2)
+    assert path.stop_reason == "done" and bool(torch.isfinite(path.end).all())

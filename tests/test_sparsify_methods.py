@@ -29,6 +29,7 @@ from weightgeo.applications.sparsify import (
 )
 from weightgeo.applications.sparsify.methods import metric_projection
 from weightgeo.data import Data
+from weightgeo.data.streams import Minibatches
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
@@ -221,15 +222,17 @@ def test_obd_charges_one_gradient_evaluation_per_class_then_fine_tunes() -> None
 def test_distillation_target_is_aligned_with_its_inputs_on_every_shuffled_batch() -> None:
     fm = _fmodel()
     theta0, x = fm.theta(), _data().x.double()
-    distillation = Distillation(fm, theta0, x)
+    loss = Distillation(fm, theta0, x).loss()
     theta = theta0 + 0.1 * torch.randn(fm.n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    generator = torch.Generator().manual_seed(3)
+    batches = Minibatches(torch.arange(N_INPUTS), 5, seed=3)
     seen = []
-    for xb, index in distillation.inputs.batches(5, shuffle=True, generator=generator):
+    for _ in range(batches.per_epoch):
+        index = batches.next()
         seen += index.tolist()
-        assert float(distillation(fm(theta0, xb), index, xb)) == 0.0  # exactly: the target is f(x_b; θ₀)
+        xb = x[index]
+        assert float(loss(theta0, xb)) == 0.0  # exactly: the target is f(x_b; θ₀)
         expected = 0.5 * (fm(theta, xb) - fm(theta0, xb)).square().sum(-1).mean()
-        assert torch.allclose(distillation(fm(theta, xb), index, xb), expected, rtol=1e-12, atol=0)
+        assert torch.allclose(loss(theta, xb), expected, rtol=1e-12, atol=0)
     assert sorted(seen) == list(range(N_INPUTS)) and seen != sorted(seen)  # a shuffled epoch
 
 

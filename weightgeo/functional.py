@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
 
 from weightgeo.errors import WeightgeoError
 
@@ -110,6 +110,7 @@ class FunctionalModel:
     def to(self, device=None, dtype=None) -> FunctionalModel:
         """Move the private module (its buffers and frozen parameters) in place; returns self."""
         self.module.to(device=device, dtype=dtype)
+        self._stacked = None
         self._frozen = {
             n: p.detach() for n, p in self.module.named_parameters() if n not in set(self.names)
         }
@@ -134,6 +135,12 @@ class FunctionalModel:
             return functional_call(self.module, {**self._frozen, **buffers, **params}, (x,))
         finally:
             self.module.eval()
+
+    def stacked(self) -> StackedModel:
+        """The network at many weight vectors at once (:class:`StackedModel`), built once."""
+        if getattr(self, "_stacked", None) is None:
+            self._stacked = StackedModel(self)
+        return self._stacked
 
     def clone_buffers(self) -> dict[str, Tensor]:
         """A private copy of the buffers (batch-norm running statistics)."""
@@ -169,3 +176,50 @@ class FunctionalModel:
 def as_functional(model: nn.Module | FunctionalModel) -> FunctionalModel:
     """Return ``model`` if it is already a :class:`FunctionalModel`, else wrap it."""
     return model if isinstance(model, FunctionalModel) else FunctionalModel(model)
+
+
+class StackedModel:
+    """``f(x; θ)`` for a stack of weight vectors at once: one vmapped ``functional_call``.
+
+    A private copy of the model's module is used: eval mode (dropout off); batch norm (if any)
+    normalises with the statistics of the batch, per point, since the running statistics of
+    two trained networks mean nothing at a point between them. Used for the discrete path
+    energy of ``relax`` and for curves through weight space.
+    """
+
+    def __init__(self, model: FunctionalModel) -> None:
+        self.model = model
+        module = copy.deepcopy(model.module).eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        if model.has_batch_norm:
+            replace_all_batch_norm_modules_(module)
+        self.module = module
+        names = set(model.names)
+        self.frozen = {n: p for n, p in module.named_parameters() if n not in names}
+        self.module_buffers = dict(module.named_buffers())
+        self.batched = vmap(self.single, in_dims=(0, None))
+        self._last: tuple[Tensor, Tensor, Tensor] | None = None
+
+    def single(self, theta: Tensor, x: Tensor) -> Tensor:
+        """Logits at one θ (batch statistics for batch norm)."""
+        m = self.model
+        params = {n: chunk.view(s) for n, chunk, s in zip(m.names, theta.split(m.numels), m.shapes, strict=True)}
+        return functional_call(self.module, {**self.frozen, **self.module_buffers, **params}, (x,))
+
+    def __call__(self, stack: Tensor, x: Tensor) -> Tensor:
+        """Logits at every row of ``stack`` (N×n): N×B×C, in one batched pass.
+
+        Asked twice in a row for the same tensors (the same objects), it returns the same outputs
+        (and autograd graph): a path energy and a task loss on one batch share one forward pass.
+        """
+        last = self._last
+        if last is not None and last[0] is stack and last[1] is x:
+            return last[2]
+        out = self.batched(stack, x)
+        self._last = (stack, x, out)
+        return out
+
+    def loop(self, stack: Tensor, x: Tensor) -> Tensor:
+        """The same as ``__call__`` with a Python loop over the rows (the benchmark's reference)."""
+        return torch.stack([self.single(theta, x) for theta in stack.unbind(0)])

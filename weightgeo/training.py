@@ -1,10 +1,11 @@
-"""Training and evaluation of a network given as a flat weight vector θ.
+"""Training a network given as a flat weight vector θ: supervised minibatch SGD.
 
-Plain minibatch SGD (with momentum) on θ through ``functional_call``: the building
-block of ``weightgeo train`` and of every fine-tuning baseline. A mask keeps a sparse
-network sparse (the gradient and the iterate are multiplied by it). Batch-norm
-networks train in train mode on a private copy of their buffers, which are returned.
-Each minibatch counts as one gradient evaluation.
+``train`` is the library's one optimisation loop (:func:`~weightgeo.optim.fit`) with the
+supervised loss: minibatches from a seeded stream, cross-entropy (or any ``loss(logits, y, x)``),
+SGD with momentum and a cosine schedule. A mask keeps a sparse network sparse (the loop moves on
+the masked :class:`~weightgeo.manifolds.WeightSpace`). Batch-norm networks train in train mode on
+a private copy of their buffers, which are returned. Each minibatch counts as one gradient
+evaluation. ``evaluate`` and ``predict`` live in :mod:`weightgeo.evaluation`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from weightgeo.data.streams import Minibatches, Stream
 from weightgeo.errors import WeightgeoError
+from weightgeo.evaluation import evaluate, predict
 from weightgeo.functional import FunctionalModel
-from weightgeo.progress import Progress
+from weightgeo.manifolds import WeightSpace
+from weightgeo.metrics import Euclidean
+from weightgeo.optim import OptimizerSpec, SupervisedLoss, fit
+from weightgeo.stopping import Stop
+
+__all__ = ["LossFn", "TrainResult", "cross_entropy", "evaluate", "predict", "train"]
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``loss(logits, y, x) -> scalar``; the default is cross-entropy on the labels."""
@@ -27,59 +36,46 @@ LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 @dataclass
 class TrainResult:
-    """θ after training, the batch-norm buffers it ran with, and the cost."""
+    """θ after training, the batch-norm buffers it ran with, the cost, and how it ended."""
 
     theta: Tensor
     buffers: dict[str, Tensor]
     grad_evals: int
     history: list[dict] = field(default_factory=list)
+    stop: Stop | None = None
 
 
 def cross_entropy(logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
     return F.cross_entropy(logits, y)
 
 
-@torch.no_grad()
-def predict(
-    fmodel: FunctionalModel,
-    theta: Tensor,
-    x: Tensor,
-    batch_size: int = 1000,
-    buffers: dict[str, Tensor] | None = None,
-) -> Tensor:
-    """Logits f(x; θ) in eval mode, in batches."""
-    return torch.cat(
-        [fmodel(theta, x[i : i + batch_size], buffers) for i in range(0, len(x), batch_size)]
-    )
+class _Augmented(Stream):
+    """Minibatches whose inputs pass through ``augment(x, generator)`` (the stream's generator)."""
+
+    def __init__(self, base: Minibatches, augment: Callable[[Tensor, torch.Generator], Tensor]) -> None:
+        self.base, self.augment = base, augment
+
+    def next(self) -> Any:
+        x, y = self.base.next()
+        return self.augment(x, self.base.generator), y
+
+    def state_dict(self) -> dict:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state)
 
 
-@torch.no_grad()
-def evaluate(
-    fmodel: FunctionalModel,
-    theta: Tensor,
-    data,
-    batch_size: int = 1000,
-    buffers: dict[str, Tensor] | None = None,
-    logits_transform: Callable[[Tensor], Tensor] | None = None,
-) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of f(·; θ) on ``data`` (an object with ``x`` and ``y``).
+class _CustomLoss(SupervisedLoss):
+    """A supervised loss with a user's ``loss(logits, y, x)``."""
 
-    Returns plain floats (it reads the result from the device: for logging and reports).
-    """
-    x, y = data.x, data.y
-    if len(y) == 0:
-        raise WeightgeoError("cannot evaluate on an empty data set")
-    total_loss = torch.zeros((), device=theta.device, dtype=torch.float64)
-    correct = torch.zeros((), device=theta.device, dtype=torch.long)
-    for i in range(0, len(x), batch_size):
-        logits = fmodel(theta, x[i : i + batch_size].to(theta.device), buffers)
-        if logits_transform is not None:
-            logits = logits_transform(logits)
-        target = y[i : i + batch_size].to(theta.device)
-        total_loss += F.cross_entropy(logits, target, reduction="sum").double()
-        correct += (logits.argmax(-1) == target).sum()
-    n = len(y)
-    return {"loss": float(total_loss) / n, "accuracy": float(correct) / n}
+    def __init__(self, model: FunctionalModel, loss_fn: LossFn, buffers) -> None:
+        super().__init__(model, buffers=buffers)
+        self.loss_fn = loss_fn
+
+    def __call__(self, theta: Tensor, batch: Any) -> Tensor:
+        x, y = batch
+        return self.loss_fn(self.logits(theta, x), y, x)
 
 
 def train(
@@ -100,6 +96,8 @@ def train(
     buffers: dict[str, Tensor] | None = None,
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     epoch_callback: Callable[[int, Tensor, dict[str, Tensor]], dict | None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
     progress: bool = False,
 ) -> TrainResult:
     """Minibatch SGD on θ; returns the trained θ (a new tensor) and the cost.
@@ -107,7 +105,7 @@ def train(
     Args:
         fmodel: the network as a function of θ.
         theta: the starting weights (not modified).
-        data: a data set with ``x``, ``y`` and ``batches(batch_size, shuffle, generator)``.
+        data: a labelled data set (``x``, ``y``).
         epochs: passes over the data (fractions allowed), unless ``max_steps`` is given.
         max_steps: the number of minibatches (= gradient evaluations) to take.
         lr, momentum, weight_decay: SGD settings; ``schedule`` "cosine" or "constant".
@@ -116,63 +114,47 @@ def train(
         buffers: batch-norm buffers to start from (default: the model's).
         augment: ``augment(x, generator)`` applied to each training batch.
         epoch_callback: ``f(epoch, θ, buffers)`` after each full epoch; a returned dict is
-            added to the history (logging).
+            added to the history with the epoch's mean training loss (logging).
+        checkpoint: ``checkpoint(state)`` after each epoch (the state resumes the run exactly).
+        resume: a state given to ``checkpoint``: continue from it.
+
+    Raises:
+        WeightgeoError: a learning rate that is not a positive number, an unknown schedule, or a
+            negative number of steps.
     """
-    if lr <= 0 or not math.isfinite(lr):
+    if not (lr > 0 and math.isfinite(lr)):
         raise WeightgeoError(f"learning rate must be a positive number, got {lr}")
-    if schedule not in ("cosine", "constant"):
-        raise WeightgeoError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
     per_epoch = max(1, math.ceil(len(data) / batch_size))
     total = max_steps if max_steps is not None else int(round(epochs * per_epoch))
     if total < 0:
         raise WeightgeoError(f"the number of training steps must be ≥ 0, got {total}")
-    device = theta.device
-    mask_t = None if mask is None else mask.to(device=device, dtype=theta.dtype)
-    start = theta.detach().clone()
-    if mask_t is not None:
-        start = start * mask_t
-    param = start.requires_grad_(True)
-    optimizer = torch.optim.SGD([param], lr=lr, momentum=momentum, weight_decay=weight_decay)
-    run_buffers = fmodel.clone_buffers() if buffers is None else {k: b.clone() for k, b in buffers.items()}
-    train_mode = fmodel.has_batch_norm or any(
-        isinstance(m, torch.nn.Dropout) for m in fmodel.module.modules()
+    loss = _CustomLoss(fmodel, loss_fn, buffers)
+    stream: Stream = Minibatches(data, batch_size, seed)
+    if augment is not None:
+        stream = _Augmented(stream, augment)
+    space = None if mask is None else WeightSpace(fmodel, Euclidean(), damping=0.0, mask=mask)
+    epoch_loss = {"sum": torch.zeros((), device=theta.device), "count": 0}
+    history: list[dict] = [] if resume is None else list(resume.get("history", []))
+
+    def accumulate(state) -> None:
+        epoch_loss["sum"] = epoch_loss["sum"] + state.loss
+        epoch_loss["count"] += 1
+
+    def end_of_epoch(state) -> None:
+        seen = epoch_loss["count"]
+        if epoch_callback is not None and seen == per_epoch:
+            row = epoch_callback(state.step // per_epoch, state.param.detach(), loss.buffers)
+            if row is not None:  # logging: one host read per epoch
+                history.append({"epoch": state.step // per_epoch,
+                                "train_loss": float(epoch_loss["sum"]) / seen, **row})
+        epoch_loss["sum"], epoch_loss["count"] = torch.zeros((), device=theta.device), 0
+
+    result = fit(
+        theta, loss, stream, total,
+        optimizer=OptimizerSpec("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule),
+        space=space, hooks=[(1, accumulate), (per_epoch, end_of_epoch)],
+        checkpoint=None if checkpoint is None else (lambda state: checkpoint({**state, "history": list(history)})),
+        checkpoint_every=per_epoch if checkpoint is not None else 0,
+        resume=resume, progress="train" if progress else False,
     )
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    history: list[dict] = []
-    step, epoch = 0, 0
-    with Progress(total, "train", enabled=progress) as bar:
-        while step < total:
-            epoch_loss = torch.zeros((), device=device)
-            seen = 0
-            for x, y in data.batches(batch_size, shuffle=True, generator=generator):
-                if step >= total:
-                    break
-                x, y = x.to(device), y.to(device)
-                if augment is not None:
-                    x = augment(x, generator)
-                if schedule == "cosine" and total > 0:
-                    for group in optimizer.param_groups:
-                        group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
-                if train_mode:
-                    logits = fmodel.train_call(param, x, run_buffers)
-                else:
-                    logits = fmodel(param, x)
-                loss = loss_fn(logits, y, x)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if mask_t is not None:
-                    param.grad.mul_(mask_t)
-                optimizer.step()
-                if mask_t is not None:
-                    with torch.no_grad():
-                        param.mul_(mask_t)
-                epoch_loss += loss.detach() * len(y)
-                seen += len(y)
-                step += 1
-                bar.update(1)
-            epoch += 1
-            if seen == len(data) and epoch_callback is not None:
-                row = epoch_callback(epoch, param.detach(), run_buffers)
-                if row is not None:
-                    history.append({"epoch": epoch, "train_loss": float(epoch_loss) / seen, **row})
-    return TrainResult(param.detach().clone(), run_buffers, step, history)
+    return TrainResult(result.param.clone(), loss.buffers, result.steps, history, result.stop)

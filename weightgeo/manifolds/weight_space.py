@@ -46,12 +46,24 @@ class MaskedOperator(MetricOperator):
             return self.mask[:, None] * (self.inner_operator @ (self.mask[:, None] * v))
         return self.mask * (self.inner_operator @ (self.mask * v))
 
+    @property
+    def product_cost(self) -> int:
+        return self.inner_operator.product_cost
+
+    def charge(self, products: int) -> int:
+        return self.inner_operator.charge(products)
+
     def solve(self, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6):
         # A subclass with an exact solve (diagonal, Euclidean) stays exact on the subspace.
         if type(self.inner_operator).solve is not MetricOperator.solve:
             sol = self.inner_operator.solve(self.mask * g, damping, maxiter, tol)
-            return Solution(self.mask * sol.x, sol.residual, sol.iterations, sol.products)
+            return sol._replace(x=self.mask * sol.x)
         return super().solve(self.mask * g, damping, maxiter, tol)
+
+    def geodesic_force(self, v: Tensor) -> tuple[Tensor | None, Tensor, int]:
+        """The force of the metric restricted to the subspace: P F(θ, P v)."""
+        force, speed_sq, cost = self.inner_operator.geodesic_force(self.mask * v)
+        return (None if force is None else self.mask * force), speed_sq, cost
 
 
 class WeightSpace(geoopt.Manifold):
@@ -94,6 +106,8 @@ class WeightSpace(geoopt.Manifold):
         self.mask = mask
         self.cg_maxiter = cg_maxiter
         self.cg_tol = cg_tol
+        self.products_spent = 0
+        """Gradient evaluations the solves of this space have spent (a ledger for the loops)."""
 
     @property
     def dim(self) -> int:
@@ -151,7 +165,19 @@ class WeightSpace(geoopt.Manifold):
         mu = self.damping if damping is None else damping
         maxiter = self.cg_maxiter if maxiter is None else maxiter
         tol = self.cg_tol if tol is None else tol
-        return self.operator(x).solve(self.proju(x, g), mu, maxiter, tol)
+        solution = self.operator(x).solve(self.proju(x, g), mu, maxiter, tol)
+        self.products_spent += solution.cost
+        return solution
+
+    def solve_cost(self, maxiter: int | None = None) -> int:
+        """The most gradient evaluations one solve may spend (a budget test)."""
+        return (self.cg_maxiter if maxiter is None else maxiter) * self.metric.product_cost
+
+    def segment_energies(self, points: Tensor, inputs: Tensor | None = None) -> Tensor:
+        """d²(θ_k, θ_{k+1}) under the metric (on ``inputs`` if given) for rows of ``points``, in
+        the (masked) space: the discrete path energy's terms (see ``Metric.segment_energies``)."""
+        metric = self.metric if inputs is None else self.metric.with_inputs(inputs)
+        return metric.segment_energies(self.projx(points))
 
     def egrad2rgrad(self, x: Tensor, u: Tensor) -> Tensor:
         """The Riemannian (damped natural) gradient (G(x) + μI)^{-1} u."""
@@ -178,22 +204,24 @@ class WeightSpace(geoopt.Manifold):
         y = self.retr(x, u)
         return y, self.transp(x, y, v)
 
-    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
-        """exp_x(u): straight line for the Euclidean metric, geodesic shooting otherwise."""
-        if isinstance(self.metric, Euclidean):
-            return self.retr(x, u)
+    def expmap(self, x: Tensor, u: Tensor, steps: int = 10) -> Tensor:
+        """exp_x(u): the end of the geodesic γ(0) = x, γ'(0) = u under the metric (closed form
+        where the metric has one, else ``shoot`` integrates the geodesic equation)."""
+        closed = self.metric.exponential(self.projx(x), self.proju(x, u))
+        if closed is not None:
+            return closed
         from weightgeo.paths.shoot import shoot  # the geodesic equation lives with the tracers
 
-        return shoot(self, x, u).end
+        return shoot(self, x, u, steps).end
 
     def dist(self, x: Tensor, y: Tensor, *, keepdim: bool = False) -> Tensor:
-        """Geodesic distance: closed form for the Euclidean metric only."""
-        if not isinstance(self.metric, Euclidean):
+        """Geodesic distance, where the metric has a closed form for it."""
+        d = self.metric.distance(self.projx(x), self.projx(y))
+        if d is None:
             raise WeightgeoError(
                 f"dist has no closed form under {type(self.metric).__name__}; estimate it as the "
                 "length of weightgeo.paths.relax(space, x, y)"
             )
-        d = torch.linalg.vector_norm(self.proju(x, y - x))
         return d.reshape(1) if keepdim else d
 
     # -- checks ------------------------------------------------------------------------
@@ -239,16 +267,27 @@ class WeightSpace(geoopt.Manifold):
             raise WeightgeoError(reason)
 
     # -- conveniences --------------------------------------------------------------------
+    def _shape(self, size: tuple) -> tuple[int, ...]:
+        """The shape of points asked for as geoopt does: ``size`` is the full shape, its last
+        entry n (or empty: one point)."""
+        if len(size) == 1 and isinstance(size[0], tuple | list | torch.Size):
+            size = tuple(size[0])
+        if not size:
+            return (self.model.n,)
+        if size[-1] != self.model.n:
+            raise WeightgeoError(f"points of this space have {self.model.n} entries; asked for shape {tuple(size)}")
+        return tuple(int(s) for s in size)
+
     def random(self, *size, dtype=None, device=None, std: float = 1.0) -> Tensor:
-        """A random point (Gaussian entries) on this space."""
+        """Random points (Gaussian entries) on this space, of shape ``size`` (default: one point)."""
         reference = self._reference_tensor()
         dtype = dtype or (reference.dtype if reference is not None else None)
         device = device or (reference.device if reference is not None else None)
-        return self.projx(std * torch.randn(self.model.n, dtype=dtype, device=device))
+        return self.projx(std * torch.randn(self._shape(size), dtype=dtype, device=device))
 
     def origin(self, *size, dtype=None, device=None, seed=None) -> Tensor:
         reference = self._reference_tensor()
-        return torch.zeros(self.model.n, dtype=dtype or reference.dtype, device=device or reference.device)
+        return torch.zeros(self._shape(size), dtype=dtype or reference.dtype, device=device or reference.device)
 
     def loss_function(self, loss: Callable[[Tensor, Tensor], Tensor]) -> Callable:
         """``(θ, x, y) -> loss(f(x; θ), y)``: a convenience for optimising θ directly."""

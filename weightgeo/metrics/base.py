@@ -1,11 +1,21 @@
 """The Metric base class: a Riemannian metric G(θ) on weight space, given by G v.
 
 A subclass writes one method, the metric-vector product ``mvp(theta, v) = G(θ) v``.
-Everything else is derived here once: inner products, norms, the damped solve
-(G + μI)^{-1} g by conjugate gradients, the dense matrix (for tests and small
-models) and its diagonal. Subclasses that can bind work to θ (one forward pass
-shared by all products at the same θ) override :meth:`Metric.at`; subclasses
-with an exact inverse (a diagonal metric) override :meth:`MetricOperator.solve`.
+Everything else is derived here once, and every tracer uses only this contract:
+
+- inner products, norms, the damped solve (G + μI)^{-1} g by conjugate gradients, the dense
+  matrix (for tests and small models) and its diagonal;
+- the discrete path energy that ``relax`` minimises, :meth:`Metric.segment_energies`:
+  Σ_k Δθ_kᵀ G(θ̄_k) Δθ_k at the segments' midpoints, from products;
+- the geodesic force that ``shoot``/``expmap`` integrate, :meth:`MetricOperator.geodesic_force`:
+  F(θ, v) = dG[v] v − ½ ∇_θ(vᵀ G(θ) v), so that (G + λI) θ'' = −F is the geodesic equation
+  (Christoffel symbols from derivatives of the product);
+- the cost of a product in gradient evaluations, :attr:`Metric.product_cost` (1 by default:
+  a product that runs the network; 0 for a metric that never does), which budgets charge.
+
+Subclasses override what they know better: the pull-back metrics bind one linearisation to θ
+(:meth:`Metric.at`) and give the energy and the force in closed form; metrics with an exact
+inverse (diagonal, Kronecker-factored, low-rank) override :meth:`MetricOperator.solve`.
 """
 
 from __future__ import annotations
@@ -24,13 +34,16 @@ class Solution(NamedTuple):
     """The result of a damped solve (G + μI) x = g.
 
     ``residual`` is the relative residual ||g − (G + μI) x|| / ||g|| (a 0-dim tensor,
-    left on the device); ``products`` the number of metric-vector products spent.
+    left on the device); ``products`` the number of metric-vector products spent; ``cost``
+    what they cost in gradient evaluations (products × the metric's product cost, plus any
+    one-off cost of building the operator, paid by its first solve).
     """
 
     x: Tensor
     residual: Tensor
     iterations: int
     products: int
+    cost: int = 0
 
 
 def conjugate_gradient(
@@ -74,9 +87,23 @@ class MetricOperator:
     subclasses of :class:`Metric` return operators that reuse the forward pass.
     """
 
+    build_cost: int = 0
+    """Gradient evaluations spent building the operator at θ (charged to its first solve)."""
+
     def __init__(self, metric: Metric, theta: Tensor) -> None:
         self.metric = metric
         self.theta = theta
+        self.unpaid = self.build_cost
+
+    @property
+    def product_cost(self) -> int:
+        """Gradient evaluations per product ``G @ v`` (the metric's)."""
+        return self.metric.product_cost
+
+    def charge(self, products: int) -> int:
+        """The cost of ``products`` products, plus the build cost the first time it is asked."""
+        cost, self.unpaid = products * self.product_cost + self.unpaid, 0
+        return cost
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,7 +126,21 @@ class MetricOperator:
         """(G + damping·I)^{-1} g by conjugate gradients on products with this operator."""
         if damping < 0:
             raise WeightgeoError(f"damping must be ≥ 0, got {damping}")
-        return conjugate_gradient(lambda v: self @ v + damping * v, g, maxiter=maxiter, tol=tol)
+        solution = conjugate_gradient(lambda v: self @ v + damping * v, g, maxiter=maxiter, tol=tol)
+        return solution._replace(cost=self.charge(solution.products))
+
+    def geodesic_force(self, v: Tensor) -> tuple[Tensor | None, Tensor, int]:
+        """(F(θ, v), vᵀG(θ)v, cost): the force of the geodesic equation (G + λI)θ'' = −F at (θ, v = θ').
+
+        F = dG[v] v − ½ ∇_θ(vᵀ G(θ) v) from derivatives of the product (``torch.func``), so any
+        metric whose ``mvp`` is differentiable in θ has geodesics. None means F = 0 (a metric
+        that does not depend on θ), so geodesics are straight lines.
+        """
+        metric, theta = self.metric, self.theta.detach()
+        v = v.detach()
+        gv, dgv = torch.func.jvp(lambda t: metric.mvp(t, v), (theta,), (v,))
+        grad_quadratic = torch.func.grad(lambda t: v @ metric.mvp(t, v))(theta)
+        return dgv - 0.5 * grad_quadratic, v @ gv, 3 * self.product_cost
 
     def dense(self) -> Tensor:
         """The n×n matrix G(θ), one product per column (small models only)."""
@@ -121,10 +162,36 @@ class Metric(ABC):
     """
 
     inputs: Tensor | None = None
+    product_cost: int = 1
+    """Gradient evaluations one product costs (1: it runs the network once; 0: it never does)."""
 
     @abstractmethod
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
         """The metric-vector product G(θ) v."""
+
+    def segment_energies(self, points: Tensor) -> Tensor:
+        """d²(θ_k, θ_{k+1}) for consecutive rows of ``points`` (N×n): N − 1 values, differentiable.
+
+        By default Δθ_kᵀ G(θ̄_k) Δθ_k at the midpoint θ̄_k (the midpoint rule of the length of a
+        segment, exact to second order); pull-back metrics override it with a distance between
+        the network's outputs that needs no Jacobian.
+        """
+        diff = points[1:] - points[:-1]
+        middle = 0.5 * (points[1:] + points[:-1])
+        return torch.stack([d @ self.mvp(m, d) for d, m in zip(diff.unbind(0), middle.unbind(0), strict=True)])
+
+    def energy_cost(self, segments: int) -> int:
+        """Gradient evaluations of one :meth:`segment_energies` call over ``segments`` segments
+        and its backward pass (relax's budget)."""
+        return 2 * segments * self.product_cost
+
+    def distance(self, x: Tensor, y: Tensor) -> Tensor | None:
+        """The geodesic distance in closed form, or None where there is none."""
+        return None
+
+    def exponential(self, x: Tensor, u: Tensor) -> Tensor | None:
+        """exp_x(u) in closed form, or None where the geodesic equation must be integrated."""
+        return None
 
     def at(self, theta: Tensor) -> MetricOperator:
         """G bound to θ; repeated products reuse what does not depend on v."""

@@ -24,8 +24,12 @@ class DiagonalOperator(MetricOperator):
         super().__init__(metric, theta)
         self.diag = diag
         # Building the diagonal costs about one batch gradient per class; the first solve
-        # reports it as its products, so tracers charge it once per point.
-        self._unpaid = build_cost
+        # charges it, so tracers pay it once per point.
+        self.unpaid = build_cost
+
+    @property
+    def product_cost(self) -> int:
+        return 0  # elementwise
 
     def __matmul__(self, v: Tensor) -> Tensor:
         return self.diag * v if v.dim() == 1 else self.diag[:, None] * v
@@ -34,8 +38,7 @@ class DiagonalOperator(MetricOperator):
         denominator = self.diag + damping
         if damping <= 0:
             denominator = denominator.clamp_min(torch.finfo(g.dtype).tiny)
-        products, self._unpaid = self._unpaid, 0
-        return Solution(g / denominator, torch.zeros((), device=g.device), 0, products)
+        return Solution(g / denominator, torch.zeros((), device=g.device), 0, 0, self.charge(0))
 
     def dense(self) -> Tensor:
         return torch.diag(self.diag)

@@ -17,3 +17,9 @@ class FisherMetric(PullbackMetric):
     def output_product(self, logits: Tensor, u: Tensor) -> Tensor:
         p = logits.softmax(dim=-1)
         return p * u - p * (p * u).sum(dim=-1, keepdim=True)
+
+    def output_distances(self, outputs: Tensor) -> Tensor:
+        """4 mean_x Σ_c (√p_c(θ_{k+1}) − √p_c(θ_k))², eight times the squared Hellinger distance:
+        Δθᵀ G Δθ to second order."""
+        root = outputs.softmax(dim=-1).sqrt()
+        return 4.0 * (root[1:] - root[:-1]).square().sum(-1).mean(-1)

@@ -16,3 +16,7 @@ class OutputMetric(PullbackMetric):
 
     def output_product(self, logits: Tensor, u: Tensor) -> Tensor:
         return u
+
+    def output_distances(self, outputs: Tensor) -> Tensor:
+        """mean_x ||f(x; θ_{k+1}) − f(x; θ_k)||², which is Δθᵀ G Δθ to second order."""
+        return (outputs[1:] - outputs[:-1]).square().sum(-1).mean(-1)

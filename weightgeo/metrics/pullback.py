@@ -9,6 +9,12 @@ recorded graph plus one backward of the backward, with no new forward pass.
 A single product at a new θ (``mvp``) takes a cheaper route: one forward pass with
 dual numbers gives f and J v together (forward-mode AD), and one backward pass of the
 same graph gives Jᵀ H J v — about 1.8 forward+backward passes in all.
+
+The discrete path energy needs no Jacobian: d²(θ, θ') is a distance between the outputs
+f(x; θ) and f(x; θ') that equals Δθᵀ G Δθ to second order (:meth:`PullbackMetric.output_distances`),
+evaluated for all points at once (``FunctionalModel.stacked``). The geodesic
+force is (1/B) Jᵀ (H d²f[v, v] + ½ dH[Jv] Jv), a jvp of a jvp and one vjp of the recorded
+linearisation.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from abc import abstractmethod
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
-from torch.func import vjp
+from torch.func import jvp, vjp
 
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
@@ -53,6 +59,22 @@ class PullbackOperator(MetricOperator):
         jv = self.jvp(v)
         return self.vjp(metric.output_product(self.logits, jv)) / jv.shape[0]
 
+    def geodesic_force(self, v: Tensor) -> tuple[Tensor, Tensor, int]:
+        """(1/B) Jᵀ (H d²f[v, v] + ½ dH[Jv] Jv), vᵀGv and its cost (≈ 3 gradient evaluations)."""
+        metric: PullbackMetric = self.metric  # type: ignore[assignment]
+        model, inputs, theta = metric.model, metric.inputs, self.theta.detach()
+        v = v.detach()
+
+        def directional(t: Tensor) -> Tensor:
+            return jvp(lambda u: model(u, inputs), (t,), (v,))[1]
+
+        jv, d2 = jvp(directional, (theta,), (v,))  # J v and the second directional derivative
+        _, dh = jvp(lambda out: metric.output_product(out, jv), (self.logits,), (jv,))
+        batch = jv.shape[0]
+        force = self.vjp(metric.output_product(self.logits, d2) + 0.5 * dh) / batch
+        speed_sq = (jv * metric.output_product(self.logits, jv)).sum() / batch
+        return force, speed_sq, 3 * self.product_cost
+
 
 class PullbackMetric(Metric):
     """Base of the metrics pulled back from the logits: subclasses give H u per example.
@@ -73,6 +95,20 @@ class PullbackMetric(Metric):
     @abstractmethod
     def output_product(self, logits: Tensor, u: Tensor) -> Tensor:
         """H(f) u for each example: logits and u are B×C; not divided by B."""
+
+    @abstractmethod
+    def output_distances(self, outputs: Tensor) -> Tensor:
+        """Squared distances between consecutive rows of ``outputs`` (N×B×C logits), averaged
+        over the batch: N − 1 values, each Δθᵀ G Δθ to second order."""
+
+    def segment_energies(self, points: Tensor) -> Tensor:
+        """d²(θ_k, θ_{k+1}) from the outputs at all points in one batched pass (no Jacobian)."""
+        return self.output_distances(self.model.stacked()(points, self.inputs))
+
+    def energy_cost(self, segments: int) -> int:
+        """One network gradient per moving point of the polyline (its interior) plus one for the
+        two ends' forward passes: ``segments`` evaluations."""
+        return segments
 
     def at(self, theta: Tensor) -> PullbackOperator:
         return PullbackOperator(self, theta)

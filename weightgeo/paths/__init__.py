@@ -1,12 +1,19 @@
-"""Paths in weight space and the tracers that build them."""
+"""Paths in weight space and the tracers that build them.
 
-from weightgeo.paths.fip import fip, output_distance
+Every tracer is a step rule driven by one loop (:mod:`weightgeo.paths.driver`): ``traverse``
+(the papers' damped natural-gradient step), ``fip`` (the authors' penalty optimiser) and
+``shoot`` (the geodesic equation); ``relax`` optimises all nodes of a path at once with the
+library's optimisation loop.
+"""
+
+from weightgeo.paths.driver import Observation, Proposal, StepRule, drive, run_tracer
+from weightgeo.paths.fip import PenaltyStep, fip, output_distance
 from weightgeo.paths.path import Path
-from weightgeo.paths.relax import relax, resample_polyline, segment_squared_lengths
-from weightgeo.paths.shoot import shoot
-from weightgeo.paths.traverse import traverse
+from weightgeo.paths.relax import relax, resample_polyline
+from weightgeo.paths.shoot import GeodesicStep, shoot
+from weightgeo.paths.traverse import NaturalGradientStep, traverse
 
 __all__ = [
-    "Path", "fip", "output_distance", "relax", "resample_polyline", "segment_squared_lengths",
-    "shoot", "traverse",
+    "GeodesicStep", "NaturalGradientStep", "Observation", "Path", "PenaltyStep", "Proposal", "StepRule",
+    "drive", "fip", "output_distance", "relax", "resample_polyline", "run_tracer", "shoot", "traverse",
 ]

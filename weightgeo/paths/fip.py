@@ -7,26 +7,30 @@ mean squared logit distance ||f − f₀||² or the Bhattacharyya distance
 −log Σ_c √(p_c q_c) between the softmax outputs, averaged over the batch (the code sums;
 the mean keeps step sizes independent of the batch size). With ``normalize=True`` each
 step is the code's sparsification step θ ← θ − lr·∇L/||∇L||.
+
+The step rule is :class:`PenaltyStep`; the loop, budget, stop tests and Path writing are
+the tracer driver's (:mod:`weightgeo.paths.driver`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from weightgeo.data.streams import Fixed, RandomSubsets, Stream
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds.weight_space import WeightSpace
 from weightgeo.objectives.base import Objective
+from weightgeo.optim.loop import OptimizerSpec
+from weightgeo.paths.driver import Observation, Proposal, StepRule, run_tracer
 from weightgeo.paths.path import Path
-from weightgeo.progress import Progress
 
 DISTANCES = ("squared", "bhattacharyya")
-OPTIMIZERS = ("sgd", "adam")
 
 
 def output_distance(logits: Tensor, reference: Tensor, kind: str = "squared") -> Tensor:
@@ -41,6 +45,70 @@ def output_distance(logits: Tensor, reference: Tensor, kind: str = "squared") ->
     raise WeightgeoError(f"unknown distance {kind!r}; choose one of {', '.join(DISTANCES)}")
 
 
+class PenaltyStep(StepRule):
+    """One optimiser step on D(f(x; θ), f(x; θ₀)) + λ·O(θ) over a batch of reference inputs.
+
+    The objective's gradient comes from the observation at θ (no second evaluation); D's
+    gradient costs one gradient evaluation per step.
+    """
+
+    name = "fip"
+
+    def __init__(self, space: WeightSpace, objective: Objective, reference_inputs: Tensor, start: Tensor, *,
+                 lam: float, distance: str, optimizer: OptimizerSpec, batch_size: int | None,
+                 normalize: bool, seed: int) -> None:
+        if distance not in DISTANCES:
+            raise WeightgeoError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
+        self.space, self.objective, self.lam, self.distance = space, objective, float(lam), distance
+        self.normalize, self.spec = normalize, optimizer
+        model = space.model
+        with torch.no_grad():
+            reference = model(start, reference_inputs)
+        n = reference_inputs.shape[0]
+        self.batches: Stream = (Fixed((reference_inputs, reference)) if batch_size is None or batch_size >= n
+                                else RandomSubsets((reference_inputs, reference), batch_size, seed))
+        self.param = start.detach().clone().requires_grad_(True)
+        self.optimizer = optimizer.build(self.param)
+
+    @property
+    def meta(self) -> dict:
+        return {"tracer": self.name, "distance": self.distance, "lam": self.lam, "optimizer": self.spec.name,
+                "lr": self.spec.lr, "normalize": self.normalize, "objective": repr(self.objective)}
+
+    def observe(self, point: Tensor) -> Observation:
+        value, grad = self.objective.value_and_grad(point)
+        return Observation(value, self.objective.cost, grad)
+
+    def done(self, point: Tensor, observation: Observation) -> bool:
+        return self.objective.done(point)
+
+    def step_cost(self) -> int:
+        return 1 + self.objective.cost
+
+    def propose(self, point: Tensor, observation: Observation) -> Proposal:
+        x, reference = self.batches.next()
+        with torch.no_grad():
+            self.param.copy_(point)
+        with torch.enable_grad():
+            loss = output_distance(self.space.model(self.param, x), reference, self.distance)
+            (grad,) = torch.autograd.grad(loss, self.param)
+        total = self.space.proju(point, grad + self.lam * observation.gradient)
+        if self.normalize:
+            total = total / torch.linalg.vector_norm(total).clamp_min(1e-30)
+        self.param.grad = total
+        self.optimizer.step()
+        candidate = self.space.projx(self.param.detach()).clone()
+        return Proposal(candidate, 1, {"euclidean_length": torch.linalg.vector_norm(candidate - point)},
+                        gradient=total)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "batches": self.batches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["batches"])
+
+
 def fip(
     model: nn.Module | FunctionalModel | WeightSpace,
     objective: Objective,
@@ -48,14 +116,16 @@ def fip(
     *,
     start: Tensor | None = None,
     lam: float = 1.0,
-    distance: str = "bhattacharyya",
-    optimizer: str = "sgd",
+    distance: Literal["squared", "bhattacharyya"] = "bhattacharyya",
+    optimizer: Literal["sgd", "adam"] = "sgd",
     lr: float = 0.01,
     momentum: float = 0.9,
     max_steps: int = 1000,
     batch_size: int | None = None,
     normalize: bool = False,
     budget: int | None = None,
+    path: Path | None = None,
+    finish: bool = True,
     directory: str | os.PathLike | None = None,
     save_every: int = 10,
     evaluate: Callable[[Tensor], dict[str, Any]] | None = None,
@@ -69,101 +139,26 @@ def fip(
         model: the network, or a :class:`WeightSpace` (whose mask, if any, is kept).
         objective: the second goal O.
         reference_inputs: the memory of inputs x on which outputs are kept (labels unused).
-        start: θ₀ (default: the model's weights).
+        start: θ₀ (default: the model's weights); the frozen reference.
         lam: λ, the weight of the objective.
         distance: "squared" or "bhattacharyya".
-        optimizer: "sgd" (with ``momentum``) or "adam".
+        optimizer, lr, momentum: "sgd" (with ``momentum``) or "adam", constant rate.
         batch_size: reference inputs per step (default: all of them).
         normalize: step along the unit-norm gradient (the code's sparsification step).
         budget: stop before the gradient evaluations would exceed this; each step costs
             one evaluation for D plus ``objective.cost``.
+        path, finish, directory, save_every, evaluate, evaluate_every, progress: as for
+            :func:`~weightgeo.paths.traverse`.
+        seed: draws the reference batches.
     """
-    if distance not in DISTANCES:
-        raise WeightgeoError(f"unknown distance {distance!r}; choose one of {', '.join(DISTANCES)}")
-    if optimizer not in OPTIMIZERS:
-        raise WeightgeoError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    if not lr > 0:
-        raise WeightgeoError(f"lr must be positive, got {lr}")
     space = model if isinstance(model, WeightSpace) else WeightSpace(model)
-    fmodel = space.model
-    theta0 = (fmodel.theta() if start is None else start.detach()).clone()
+    theta0 = (space.model.theta() if start is None else start.detach()).clone()
     space.check(theta0)
     theta0 = space.projx(theta0)
-    with torch.no_grad():
-        reference_outputs = fmodel(theta0, reference_inputs)
-    theta = theta0.clone().requires_grad_(True)
-    opt: torch.optim.Optimizer
-    if optimizer == "sgd":
-        opt = torch.optim.SGD([theta], lr=lr, momentum=momentum)
-    else:
-        opt = torch.optim.Adam([theta], lr=lr)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    n_ref = reference_inputs.shape[0]
-    batch = n_ref if batch_size is None else min(batch_size, n_ref)
-    path = Path(
-        theta0,
-        directory=directory,
-        save_every=save_every,
-        meta={
-            "tracer": "fip",
-            "distance": distance,
-            "lam": lam,
-            "optimizer": optimizer,
-            "lr": lr,
-            "normalize": normalize,
-            "objective": repr(objective),
-        },
-    )
-    spent = 0
-    per_step = 1 + objective.cost
-    previous = theta0
-    stop_reason = "max-steps"
-    evaluated_last = True
-    with Progress(max_steps, "fip", enabled=progress) as bar:
-        for step in range(max_steps + 1):
-            objective_value, objective_grad = objective.value_and_grad(theta.detach())
-            spent += objective.cost
-            current = theta.detach().clone()  # θ is updated in place by the optimiser
-            segment = torch.linalg.vector_norm(current - previous)
-            k = path.append(
-                current,
-                objective=objective_value,
-                grad_evals=spent,
-                euclidean_length=segment,
-            )
-            evaluated_last = k % evaluate_every == 0
-            if evaluate is not None and evaluated_last:
-                path.update_last(**evaluate(theta.detach()))
-            # Stop tests: each reads one value from the device.
-            if not bool(torch.isfinite(objective_value)):
-                stop_reason = "non-finite"
-                break
-            if objective.done(theta.detach()):
-                stop_reason = "done"
-                break
-            if step == max_steps:
-                break
-            if budget is not None and spent + per_step > budget:
-                stop_reason = "budget"
-                break
-            if batch < n_ref:
-                index = torch.randperm(n_ref, generator=generator)[:batch]
-                x, reference = reference_inputs[index], reference_outputs[index]
-            else:
-                x, reference = reference_inputs, reference_outputs
-            opt.zero_grad(set_to_none=True)
-            loss = output_distance(fmodel(theta, x), reference, distance)
-            (grad,) = torch.autograd.grad(loss, theta)
-            spent += 1
-            total = space.proju(theta, grad + lam * objective_grad)
-            if normalize:
-                total = total / torch.linalg.vector_norm(total).clamp_min(1e-30)
-            theta.grad = total
-            previous = current
-            opt.step()
-            with torch.no_grad():
-                theta.copy_(space.projx(theta))
-            bar.update(1)
-    if evaluate is not None and not evaluated_last:
-        path.update_last(**evaluate(path.end))
-    return path.finish(stop_reason)
+    spec = OptimizerSpec(optimizer, lr=lr, momentum=momentum if optimizer == "sgd" else 0.0, schedule="constant")
+    rule = PenaltyStep(space, objective, reference_inputs, theta0, lam=lam, distance=distance, optimizer=spec,
+                       batch_size=batch_size, normalize=normalize, seed=seed)
+    if path is None:
+        path = Path(theta0, directory=directory, save_every=save_every, meta=rule.meta)
+    return run_tracer(rule, path, max_steps=max_steps, budget=budget, finish=finish, evaluate=evaluate,
+                      evaluate_every=evaluate_every, progress=progress)

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds.weight_space import WeightSpace
-from weightgeo.paths.relax import segment_squared_lengths
 
 
 class PointEvaluator:
@@ -86,7 +85,8 @@ class PointEvaluator:
 
 def path_metric_length(space: WeightSpace, points: Tensor, inputs: Tensor | None) -> float:
     """Σ of metric distances between consecutive points (Euclidean: exact for a polyline)."""
-    sq = segment_squared_lengths(space, points, inputs)
+    with torch.no_grad():
+        sq = space.segment_energies(points, inputs)
     return float(sq.clamp_min(0).sqrt().sum())  # reporting
 
 

@@ -36,8 +36,7 @@ from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds.weight_space import WeightSpace
 from weightgeo.metrics.registry import build_metric
 from weightgeo.objectives import Objective, TargetPoint, TaskLoss
-from weightgeo.paths import Path, relax, segment_squared_lengths, traverse
-from weightgeo.paths.relax import NodeFunction
+from weightgeo.paths import Path, relax, traverse
 
 METHODS = ("linear", "traverse", "relax", "bezier", "polychain", "rebasin")
 TRAINED = ("traverse", "relax", "bezier", "polychain")
@@ -175,24 +174,30 @@ def method_traverse(s: Setting) -> MethodResult:
     per_step = objective.cost + (0 if s.metric == "euclidean" else s.cg_iters)
     max_steps = max(1, s.budget // max(1, per_step))
     save_every = max(1, max_steps // 100)
-    path = traverse(
-        s.space(), objective, step_size=step, max_steps=max_steps, start=s.theta_a,
-        directory=s.directory("traverse"), save_every=save_every, metric_inputs=metric_batches(),
-        budget=s.budget, progress=s.progress,
+    path = Path(s.theta_a, directory=s.directory("traverse"), save_every=save_every)
+    path.begin_stage("traverse")
+    traverse(
+        s.space(), objective, step_size=step, max_steps=max_steps, path=path, finish=False,
+        metric_inputs=metric_batches(), budget=s.budget, progress=s.progress,
     )
-    reason = path.stop_reason
+    traced = path.last_stop
+    reason = traced.reason.value
     remaining = float((s.theta_b - path.end).norm())
     vertices = [w for _, w in path.waypoints()]
     if remaining > 0:
-        # The final straight segment to θ_b (exact end), recorded as such.
-        sq = segment_squared_lengths(s.space(), torch.stack([path.end, s.theta_b]))
+        # The final straight segment to θ_b (exact end), recorded as a stage of its own.
+        with torch.no_grad():
+            sq = s.space().segment_energies(torch.stack([path.end, s.theta_b]))
+        path.begin_stage("final-segment")
         path.append(s.theta_b, metric_length=sq[0].sqrt(), euclidean_length=remaining,
                     grad_evals=path.grad_evals, final_segment=True)
-        path.finish(f"{reason}+final-segment")
+        path.end_stage("done")
+        reason += "+final-segment"
         vertices.append(s.theta_b)
+    path.finish(traced)
     return MethodResult(
         "traverse", Polyline(vertices), path.grad_evals, time.perf_counter() - started, path,
-        info={"stop_reason": path.stop_reason, "steps": len(path) - 1, "step_size": step,
+        info={"stop_reason": reason, "steps": len(path) - 1, "step_size": step,
               "final_segment_length": remaining, "final_segment_fraction": remaining / distance},
     )
 
@@ -219,7 +224,7 @@ def method_relax(s: Setting) -> MethodResult:
 # -- Garipov curves ---------------------------------------------------------------------------------
 def train_bend(s: Setting, kind: str) -> tuple[Tensor, int]:
     """Garipov et al.'s curve training: one t ~ U(0,1) per minibatch, loss at w(t), bend trained."""
-    fn = NodeFunction(s.model)  # batch norm (if any) on batch statistics, dropout off
+    fn = s.model.stacked()  # batch norm (if any) on batch statistics, dropout off
     a, b = s.theta_a, s.theta_b
     bend = (0.5 * (a + b)).clone().requires_grad_(True)
     opt = torch.optim.SGD([bend], lr=s.curve_lr, momentum=0.9)

@@ -25,7 +25,7 @@ from weightgeo.applications.continual.methods import (
     train_joint,
 )
 from weightgeo.applications.continual.scores import scores
-from weightgeo.data.tasks import TaskSequence, mask_logits
+from weightgeo.data.tasks import TaskSequence
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.models import build_model, check_model_fits, config_for_data
@@ -79,8 +79,7 @@ def build_network(model_name: str, seq: TaskSequence, seed: int, device, config:
 def _accuracy(fmodel, theta, buffers, seq: TaskSequence, task: int, seen: int, split: str) -> float:
     data = getattr(seq.tasks[task], split)
     allowed = seq.allowed(task, seen)
-    result = evaluate(fmodel, theta, data, buffers=buffers,
-                      logits_transform=lambda logits: mask_logits(logits, allowed))
+    result = evaluate(fmodel, theta, data, buffers=buffers, units=allowed)
     return result["accuracy"]
 
 

@@ -1,58 +1,42 @@
 """Masked fine-tuning (with labels) and masked distillation (without): the recovery phases.
 
-Both are minibatch SGD from :func:`weightgeo.training.train` with ``mask=``, so a pruned
-network stays exactly sparse; each minibatch is one gradient evaluation. Distillation
-fits the sparse network's logits to the dense network's logits on unlabelled inputs,
-½ mean ||f(x; θ) − f(x; θ₀)||² — the squared output distance whose Hessian at θ₀ is the
-output metric, so it is the finite form of what the geodesic's metric keeps small.
+Both are the library's one optimisation loop (:func:`~weightgeo.optim.fit`) on the masked
+weight space, so a pruned network stays exactly sparse; each minibatch is one gradient
+evaluation. Distillation fits the sparse network's logits to the dense network's logits on
+unlabelled inputs, ½ mean ||f(x; θ) − f(x; θ₀)||² — the squared output distance whose Hessian at
+θ₀ is the output metric, so it is the finite form of what the geodesic's metric keeps small.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import torch
 from torch import Tensor
 
 from weightgeo.data import Data
+from weightgeo.data.streams import Minibatches
 from weightgeo.functional import FunctionalModel
-from weightgeo.training import predict, train
-
-
-class UnlabelledInputs:
-    """Inputs without labels, batched as ``(x, index)`` so a loss can look up reference outputs.
-
-    Duck-types the part of :class:`~weightgeo.data.Data` that ``train`` uses; the labels of
-    the data set it is built from are dropped.
-    """
-
-    def __init__(self, x: Tensor) -> None:
-        self.x = x
-        self.index = torch.arange(len(x), device=x.device)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batches(self, batch_size: int, shuffle: bool = True, generator=None) -> Iterator[tuple[Tensor, Tensor]]:
-        order = torch.randperm(len(self.x), generator=generator).to(self.x.device) if shuffle else self.index
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            yield self.x[idx], idx
+from weightgeo.manifolds import WeightSpace
+from weightgeo.metrics import Euclidean
+from weightgeo.optim import DistillationLoss, OptimizerSpec, SupervisedLoss, fit
 
 
 class Distillation:
-    """The loss ½ mean ||f(x; θ) − f(x; θ₀)||² over unlabelled inputs, θ₀'s outputs computed once.
-
-    Computing the reference outputs is forward passes only (no gradient): it is not
-    counted as gradient evaluations.
-    """
+    """The distillation target: the dense network θ₀ and the unlabelled inputs to distil on."""
 
     def __init__(self, fmodel: FunctionalModel, theta0: Tensor, inputs: Tensor) -> None:
-        self.inputs = UnlabelledInputs(inputs)
-        self.reference = predict(fmodel, theta0.detach(), inputs)
+        self.fmodel, self.theta0, self.inputs = fmodel, theta0.detach(), inputs
 
-    def __call__(self, logits: Tensor, index: Tensor, x: Tensor) -> Tensor:
-        return 0.5 * (logits - self.reference[index]).square().sum(-1).mean()
+    def loss(self, buffers: dict[str, Tensor] | None = None) -> DistillationLoss:
+        """½ mean ||f(x; θ) − f(x; θ₀)||² (θ₀'s outputs in eval mode, computed per batch)."""
+        return DistillationLoss(self.fmodel, self.theta0, buffers=buffers)
+
+
+def _masked_fit(fmodel: FunctionalModel, theta: Tensor, keep: Tensor, loss, batches, steps: int, lr: float,
+                schedule: str) -> tuple[Tensor, int, dict[str, Tensor] | None]:
+    space = WeightSpace(fmodel, Euclidean(), damping=0.0, mask=keep)
+    result = fit(theta * keep, loss, batches, steps, space=space,
+                 optimizer=OptimizerSpec("sgd", lr=lr, momentum=0.9, schedule=schedule))
+    buffers = loss.buffers if fmodel.has_batch_norm else None
+    return result.param * keep, result.grad_evals, buffers
 
 
 def masked_finetune(
@@ -74,11 +58,8 @@ def masked_finetune(
     """
     if steps <= 0:
         return theta * keep, 0, buffers
-    result = train(
-        fmodel, theta, data, max_steps=steps, lr=lr, batch_size=batch_size, seed=seed,
-        mask=keep, schedule=schedule, buffers=buffers,
-    )
-    return result.theta * keep, result.grad_evals, _buffers(fmodel, result.buffers)
+    loss = SupervisedLoss(fmodel, buffers=buffers)
+    return _masked_fit(fmodel, theta, keep, loss, Minibatches(data, batch_size, seed), steps, lr, schedule)
 
 
 def masked_distill(
@@ -97,13 +78,5 @@ def masked_distill(
     """Label-free SGD toward the dense network's outputs inside the mask, for ``steps`` minibatches."""
     if steps <= 0:
         return theta * keep, 0, buffers
-    result = train(
-        fmodel, theta, distillation.inputs, max_steps=steps, lr=lr, batch_size=batch_size,
-        seed=seed, mask=keep, loss_fn=distillation, schedule=schedule, buffers=buffers,
-    )
-    return result.theta * keep, result.grad_evals, _buffers(fmodel, result.buffers)
-
-
-def _buffers(fmodel: FunctionalModel, buffers: dict[str, Tensor]) -> dict[str, Tensor] | None:
-    """Buffers worth keeping: None for a network without batch norm (eval ignores them)."""
-    return buffers if fmodel.has_batch_norm else None
+    batches = Minibatches(distillation.inputs, batch_size, seed)
+    return _masked_fit(fmodel, theta, keep, distillation.loss(buffers), batches, steps, lr, schedule)

@@ -448,8 +448,9 @@ def geodesic_path(
             objective.set_sparsity(level, theta)
             objective.keep = keep
             stage_space = space.with_mask(previous)
+            path.begin_stage(f"sparsity {level:g}")
             path = traverse(
-                stage_space, objective, step_size=s.step_size, max_steps=s.max_steps, path=path,
+                stage_space, objective, step_size=s.step_size, max_steps=s.max_steps, path=path, finish=False,
                 step_norm=s.step_norm, budget=min(budget, int(planned)),
                 metric_inputs=batches if s.metric != "euclidean" else None,
                 evaluate=None if evaluate is None else (lambda t, level=level: evaluate(t, level)),
