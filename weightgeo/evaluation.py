@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from weightgeo.errors import WeightgeoError
-from weightgeo.functional import FunctionalModel
-from weightgeo.optim.losses import mask_logits
+from weightgeo.functional import FunctionalModel, mask_logits
 
 
 @torch.no_grad()

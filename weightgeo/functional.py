@@ -173,6 +173,17 @@ class FunctionalModel:
         return model
 
 
+def mask_logits(logits: Tensor, allowed: Tensor | None) -> Tensor:
+    """Logits with the units outside ``allowed`` (K or B×K bool) set to −∞ (None: unchanged).
+
+    The output units of one task in continual learning: the softmax then spreads over the
+    allowed units only.
+    """
+    if allowed is None:
+        return logits
+    return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+
+
 def as_functional(model: nn.Module | FunctionalModel) -> FunctionalModel:
     """Return ``model`` if it is already a :class:`FunctionalModel`, else wrap it."""
     return model if isinstance(model, FunctionalModel) else FunctionalModel(model)

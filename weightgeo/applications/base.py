@@ -109,6 +109,10 @@ class Application(ABC):
     def report(self, rows: list[dict], run: RunDirectory) -> Path:
         """Write the tables, plots and summary.md of a run; return summary.md's path."""
 
+    def headline(self, rows: list[dict]) -> list[str]:
+        """A few lines for the terminal after the run (default: none; the summary's path is printed)."""
+        return []
+
     def diverged(self, rows: list[dict]) -> list[str]:
         """One line per result that ended on a non-finite value (default: rows whose
         ``stop_reason`` is "non-finite", with their ``stop_message``)."""

@@ -78,8 +78,11 @@ def application_command(app: type[Application], name: str | None = None) -> clic
         options = RunOptions(device=values["device"], data_root=values["data_root"],
                              download=values["download"], progress=True, log=log)
         inputs = [values[arg] for arg in app.arguments]
-        outcome = run_application(app(settings, *inputs, options=options), values["out"],
-                                  overwrite=values["overwrite"], resume=values["resume"])
+        application = app(settings, *inputs, options=options)
+        outcome = run_application(application, values["out"], overwrite=values["overwrite"],
+                                  resume=values["resume"])
+        for line in application.headline(outcome.rows):
+            click.echo(line)
         click.echo(f"Results: {outcome.summary}")
         if outcome.diverged:
             raise Diverged(outcome.diverged)

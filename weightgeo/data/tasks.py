@@ -53,6 +53,7 @@ from torch import Tensor
 from weightgeo.data.core import Data
 from weightgeo.data.datasets import _STATS, DATASET_NAMES, load_dataset
 from weightgeo.errors import WeightgeoError
+from weightgeo.functional import mask_logits  # noqa: F401 - re-exported: the units of a task
 
 SCENARIOS: tuple[str, ...] = ("task", "domain", "class")
 DIGITS_DEFAULT = "mnist5k"
@@ -140,13 +141,6 @@ class TaskSequence:
             f"{self.name} ({len(self)} tasks from {self.base}, {self.scenario}-incremental, "
             f"{self.num_outputs} output units)"
         )
-
-
-def mask_logits(logits: Tensor, allowed: Tensor | None) -> Tensor:
-    """Logits with the units outside ``allowed`` (K or B×K bool) set to −∞ (None: unchanged)."""
-    if allowed is None:
-        return logits
-    return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
 
 
 def permutations(n_tasks: int, n_features: int, seed: int) -> list[Tensor]:

@@ -20,14 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weightgeo.functional import FunctionalModel, as_functional
-
-
-def mask_logits(logits: Tensor, allowed: Tensor | None) -> Tensor:
-    """Logits with the units outside ``allowed`` (K or B×K bool) set to −∞ (None: unchanged)."""
-    if allowed is None:
-        return logits
-    return logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+from weightgeo.functional import FunctionalModel, as_functional, mask_logits
 
 
 def needs_train_mode(model: FunctionalModel) -> bool:
