@@ -34,6 +34,8 @@ class FunctionalModel:
     Attributes:
         names, shapes, numels: the trainable parameters, in ``model.parameters()`` order.
         n: the dimension of weight space (number of trainable scalars).
+        frozen: the parameters outside θ (``requires_grad=False``), by name.
+        buffers: the module's buffers (batch-norm running statistics), by name.
     """
 
     def __init__(self, model: nn.Module | FunctionalModel) -> None:
@@ -50,7 +52,7 @@ class FunctionalModel:
         self.shapes: list[torch.Size] = [p.shape for _, p in trainable]
         self.numels: list[int] = [p.numel() for _, p in trainable]
         self.n: int = sum(self.numels)
-        self._frozen = {
+        self.frozen = {
             n: p.detach() for n, p in self.module.named_parameters() if n not in set(self.names)
         }
         self.buffers: dict[str, Tensor] = {n: b for n, b in self.module.named_buffers()}
@@ -111,7 +113,7 @@ class FunctionalModel:
         """Move the private module (its buffers and frozen parameters) in place; returns self."""
         self.module.to(device=device, dtype=dtype)
         self._stacked = None
-        self._frozen = {
+        self.frozen = {
             n: p.detach() for n, p in self.module.named_parameters() if n not in set(self.names)
         }
         self.buffers = {n: b for n, b in self.module.named_buffers()}
@@ -120,7 +122,7 @@ class FunctionalModel:
     def __call__(self, theta: Tensor, x: Tensor, buffers: Mapping[str, Tensor] | None = None) -> Tensor:
         """Logits f(x; θ) in eval mode (no buffer is updated)."""
         params = self.unflatten(theta)
-        state = {**self._frozen, **(self.buffers if buffers is None else buffers), **params}
+        state = {**self.frozen, **(self.buffers if buffers is None else buffers), **params}
         return functional_call(self.module, state, (x,))
 
     def train_call(self, theta: Tensor, x: Tensor, buffers: Mapping[str, Tensor]) -> Tensor:
@@ -132,7 +134,7 @@ class FunctionalModel:
         params = self.unflatten(theta)
         self.module.train()
         try:
-            return functional_call(self.module, {**self._frozen, **buffers, **params}, (x,))
+            return functional_call(self.module, {**self.frozen, **buffers, **params}, (x,))
         finally:
             self.module.eval()
 

@@ -302,7 +302,7 @@ def empirical_fisher_diagonal(
 ) -> Tensor:
     """(1/m) Σ_i (∂ log p_{y_i}(x_i)/∂θ)² over m examples (eval mode, masked logits)."""
     module = fmodel.module
-    state = {**fmodel._frozen, **(fmodel.buffers if buffers is None else buffers)}
+    state = {**fmodel.frozen, **(fmodel.buffers if buffers is None else buffers)}
 
     def loss(t: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
         params = {n: c.view(s) for n, c, s in zip(fmodel.names, t.split(fmodel.numels), fmodel.shapes)}
