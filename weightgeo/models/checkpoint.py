@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,11 @@ def _resolve(path: str | os.PathLike[str]) -> Path:
 
 def _read(p: Path, map_location: Any) -> dict[str, Any]:
     try:
-        payload = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files it then refuses; the refusal below
+            # is the one line the user needs
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
         if "Weights only load failed" not in message:
