@@ -4,6 +4,8 @@ from weightgeo.metrics.base import Metric, MetricOperator, Solution, conjugate_g
 from weightgeo.metrics.diagonal_fisher import DiagonalFisher
 from weightgeo.metrics.euclidean import Euclidean
 from weightgeo.metrics.fisher import FisherMetric
+from weightgeo.metrics.kfac import KroneckerMetric
+from weightgeo.metrics.lowrank import LowRankMetric
 from weightgeo.metrics.output import OutputMetric
 from weightgeo.metrics.pullback import PullbackMetric, PullbackOperator
 from weightgeo.metrics.registry import METRIC_NAMES, build_metric
@@ -13,6 +15,8 @@ __all__ = [
     "DiagonalFisher",
     "Euclidean",
     "FisherMetric",
+    "KroneckerMetric",
+    "LowRankMetric",
     "Metric",
     "MetricOperator",
     "OutputMetric",

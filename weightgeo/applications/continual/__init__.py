@@ -6,8 +6,6 @@ and the budget accounting, :mod:`.scores` for the conventions of ACC, BWT, forge
 plasticity.
 """
 
-from weightgeo.applications.continual.kfac import KroneckerMetric
-from weightgeo.applications.continual.lowrank import LowRankMetric
 from weightgeo.applications.continual.methods import (
     DEFAULT_GRIDS,
     DEFAULT_STRENGTH,
@@ -26,6 +24,7 @@ from weightgeo.applications.continual.scores import (
     plasticity,
     scores,
 )
+from weightgeo.metrics import KroneckerMetric, LowRankMetric  # re-exported: they moved to metrics
 
 __all__ = [
     "DEFAULT_GRIDS", "DEFAULT_STRENGTH", "METHODS", "PENALISED", "ContinualConfig", "KroneckerMetric",

@@ -39,14 +39,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from weightgeo.applications.continual.kfac import KroneckerMetric
-from weightgeo.applications.continual.lowrank import LowRankMetric
 from weightgeo.data.core import Data
 from weightgeo.data.tasks import TaskSequence, mask_logits
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
-from weightgeo.metrics import Metric, build_metric
+from weightgeo.metrics import KroneckerMetric, LowRankMetric, Metric, build_metric
 from weightgeo.metrics.diagonal_fisher import DiagonalOperator
 from weightgeo.objectives import TaskLoss
 from weightgeo.paths import fip as fip_tracer

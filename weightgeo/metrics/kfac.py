@@ -84,7 +84,8 @@ class KroneckerOperator(MetricOperator):
             core = block.qs.T @ m @ block.qa
             core = core * (1.0 / (block.ls[:, None] * block.la[None, :] + damping) - 1.0 / damping)
             self._write(block, x, m / damping + block.qs @ core @ block.qa.T)
-        return Solution(x, torch.zeros((), device=g.device), 0, 0)
+        # Built once at θ: the build's cost is in ``products``; solves cost nothing more.
+        return Solution(x, torch.zeros((), device=g.device), 0, 0, cost=0)
 
 
 class KroneckerMetric(Metric):

@@ -37,7 +37,8 @@ class LowRankOperator(MetricOperator):
             raise WeightgeoError("a low-rank metric is singular: its solve needs damping > 0")
         shrink = self.eigenvalues / (self.eigenvalues + damping)
         x = (g - self.basis @ (shrink * (self.basis.T @ g))) / damping
-        return Solution(x, torch.zeros((), device=g.device), 0, 0)
+        # Built once at θ: the build's cost is in ``products``; solves cost nothing more.
+        return Solution(x, torch.zeros((), device=g.device), 0, 0, cost=0)
 
     def diagonal(self) -> Tensor:
         return (self.basis.square() * self.eigenvalues).sum(1)
