@@ -11,8 +11,9 @@ from torch import nn
 
 from weightgeo.applications.connect import (
     Bezier,
+    ConnectSettings,
+    ConnectTask,
     Polyline,
-    Setting,
     mlp_layers,
     permute_mlp,
     run_method,
@@ -98,11 +99,12 @@ def test_summarise_barriers():
     assert s["error_barrier"] == pytest.approx(10.0 - 5.5)
 
 
-def _setting(metric: str, **kw) -> Setting:
+def _setting(metric: str, **kw) -> ConnectTask:
     fm = FunctionalModel(_mlp(0))
     train = _data()
-    return Setting(fm, fm.theta(), FunctionalModel(_mlp(1)).theta(), train, _data(32, 1), metric=metric,
-                   metric_inputs=train.x[:16], **kw)
+    kw.setdefault("step_size", None)  # 1% of ||θ_b − θ_a|| (the Python default before the port)
+    return ConnectTask(fm, fm.theta(), FunctionalModel(_mlp(1)).theta(), train, _data(32, 1),
+                       ConnectSettings(metric=metric, **kw), metric_inputs=train.x[:16])
 
 
 def test_euclidean_traverse_reaches_theta_b_along_the_straight_line():

@@ -15,9 +15,10 @@ from torch import nn
 
 from weightgeo.applications.connect import (
     Bezier,
+    ConnectSettings,
+    ConnectTask,
     PointEvaluator,
     Polyline,
-    Setting,
     connect_networks,
     run_method,
     summarise,
@@ -41,11 +42,12 @@ def _data(n: int = 64, seed: int = 0) -> Data:
     return Data(x, y, 3, "toy")
 
 
-def _setting(metric: str = "output", batch_norm: bool = False, **kw) -> Setting:
+def _setting(metric: str = "output", batch_norm: bool = False, **kw) -> ConnectTask:
     fm = FunctionalModel(_mlp(0, batch_norm))
     train = _data()
-    return Setting(fm, fm.theta(), FunctionalModel(_mlp(1, batch_norm)).theta(), train, _data(32, 1),
-                   metric=metric, metric_inputs=train.x[:16], **kw)
+    kw.setdefault("step_size", None)  # 1% of ||θ_b − θ_a|| (the Python default before the port)
+    return ConnectTask(fm, fm.theta(), FunctionalModel(_mlp(1, batch_norm)).theta(), train, _data(32, 1),
+                       ConnectSettings(metric=metric, **kw), metric_inputs=train.x[:16])
 
 
 # -- batch-norm statistics ---------------------------------------------------------------------
@@ -86,8 +88,8 @@ def test_recomputed_statistics_are_the_moments_of_the_layer_inputs(batch_size):
 
 def test_recomputing_statistics_changes_the_evaluation_at_an_interpolated_point():
     fm, theta, train, test = _bn_case()
-    recomputed = PointEvaluator(fm, train, test, with_train=False)(theta)
-    stored = PointEvaluator(fm, train, test, recompute_bn=False, with_train=False)(theta)
+    recomputed = PointEvaluator(fm, train, test, train_eval=False)(theta)
+    stored = PointEvaluator(fm, train, test, bn_recompute=False, train_eval=False)(theta)
     h = _first_layer(fm, theta, train.x)
     loss, accuracy = _hand_scores(fm, theta, test, h.mean(0), h.var(0))
     assert recomputed["test_loss"] == pytest.approx(loss, rel=1e-5)
@@ -102,9 +104,9 @@ def test_recomputing_statistics_changes_the_evaluation_at_an_interpolated_point(
 def test_connect_evaluates_batch_norm_networks_as_asked(recompute_bn):
     fm, _, train, test = _bn_case()
     theta_a, theta_b = fm.theta(), FunctionalModel(_mlp(1, batch_norm=True)).theta()
-    result = connect_networks(fm, theta_a, theta_b, train, test, None, methods=["linear"], points=3,
-                              plane_grid=0, with_train=False, recompute_bn=recompute_bn)
-    for row, t in zip(result["evaluations"]["linear"], (0.0, 0.5, 1.0), strict=True):
+    result = connect_networks(fm, theta_a, theta_b, train, test, None, method=["linear"], points=3,
+                              plane_grid=0, train_eval=False, bn_recompute=recompute_bn)
+    for row, t in zip(result.evaluations["linear"], (0.0, 0.5, 1.0), strict=True):
         theta = theta_a + t * (theta_b - theta_a)
         h = _first_layer(fm, theta, train.x)
         stats = (h.mean(0), h.var(0)) if recompute_bn else (torch.zeros(8), torch.ones(8))
@@ -163,7 +165,7 @@ def test_polyline_samples_by_arc_length_across_vertices():
 
 
 # -- Garipov's curves ----------------------------------------------------------------------------
-def _midpoint_loss(s: Setting, w: torch.Tensor) -> float:
+def _midpoint_loss(s: ConnectTask, w: torch.Tensor) -> float:
     return float(F.cross_entropy(s.model(w, s.train.x), s.train.y))
 
 
@@ -193,7 +195,7 @@ def test_curve_weight_decay_acts_on_the_point_of_the_curve(kind, minimiser):
 
 
 # -- traverse, relax and rebasin as connection methods ---------------------------------------------
-def _output_distance(s: Setting, p: torch.Tensor, q: torch.Tensor) -> float:
+def _output_distance(s: ConnectTask, p: torch.Tensor, q: torch.Tensor) -> float:
     """√(mean_x ||f(x; q) − f(x; p)||²) on the metric's inputs: the output metric's distance."""
     x = s.metric_inputs
     return float((s.model(q, x) - s.model(p, x)).square().sum(-1).mean().sqrt())
@@ -251,22 +253,22 @@ def test_connect_reports_each_path_length_under_its_metric():
     """metric_length is the sum of the metric distances between consecutive evaluated points."""
     s = _setting()
     train, test = s.train, s.test
-    euclid = connect_networks(s.model, s.theta_a, s.theta_b, train, test, None, methods=["linear", "polychain"],
-                              points=5, plane_grid=0, with_train=False, metric="euclidean", budget=50)
-    polychain = euclid["results"]["polychain"].curve
+    euclid = connect_networks(s.model, s.theta_a, s.theta_b, train, test, None, method=["linear", "polychain"],
+                              points=5, plane_grid=0, train_eval=False, metric="euclidean", budget=50)
+    polychain = euclid.curves["polychain"]
     pts, _ = polychain.sample(5)
     chords = float((pts[1:] - pts[:-1]).norm(dim=-1).sum())
-    line, bent = euclid["rows"]
+    line, bent = euclid.rows
     assert bent["metric_length"] == pytest.approx(chords, rel=1e-5)
     assert bent["metric_length"] > 1.01 * float((s.theta_b - s.theta_a).norm())  # the bend counts
     assert line["metric_length"] == pytest.approx(float((s.theta_b - s.theta_a).norm()), rel=1e-5)
     # the output metric on every training input (metric_batch covers the training set)
-    output = connect_networks(s.model, s.theta_a, s.theta_b, train, test, None, methods=["linear"], points=5,
-                              plane_grid=0, with_train=False, metric="output", metric_batch=len(train.x))
+    output = connect_networks(s.model, s.theta_a, s.theta_b, train, test, None, method=["linear"], points=5,
+                              plane_grid=0, train_eval=False, metric="output", metric_batch=len(train.x))
     line_pts = s.theta_a + torch.linspace(0, 1, 5)[:, None] * (s.theta_b - s.theta_a)
-    s_all = Setting(s.model, s.theta_a, s.theta_b, train, test, metric_inputs=train.x)
+    s_all = ConnectTask(s.model, s.theta_a, s.theta_b, train, test, ConnectSettings(), metric_inputs=train.x)
     by_hand = sum(_output_distance(s_all, p, q) for p, q in zip(line_pts[:-1], line_pts[1:], strict=True))
-    assert output["rows"][0]["metric_length"] == pytest.approx(by_hand, rel=1e-5)
+    assert output.rows[0]["metric_length"] == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_rebasin_method_ends_at_the_same_function_as_theta_b():
@@ -289,8 +291,8 @@ def test_relax_keeps_accuracy_where_the_straight_line_loses_it_on_mnist5k(mnist5
     a, b = mnist5k_mlps["a"], mnist5k_mlps["b"]
     fm = FunctionalModel(a["model"])
     train, test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
-    rows = connect_networks(fm, a["theta"], b["theta"], train, test, None, methods=["linear", "relax"],
-                            points=11, plane_grid=0, with_train=False, budget=300, nodes=4)["rows"]
+    rows = connect_networks(fm, a["theta"], b["theta"], train, test, None, method=["linear", "relax"],
+                            points=11, plane_grid=0, train_eval=False, budget=300, nodes=4).rows
     linear, relaxed = rows
     worse_end = 100 * min(a["test_accuracy"], b["test_accuracy"])
     assert linear["min_test_accuracy"] < worse_end - 3 and linear["loss_barrier"] > 0.2

@@ -19,10 +19,10 @@ import sys
 
 import click
 
+import weightgeo.applications.connect  # noqa: F401 - registers the connect application
 from weightgeo import __version__
 from weightgeo.applications import APPLICATIONS, find_application
 from weightgeo.applications.base import Diverged
-from weightgeo.commands.connect import connect_command
 from weightgeo.commands.continual import continual
 from weightgeo.commands.demo import demo
 from weightgeo.commands.evaluate import evaluate
@@ -64,7 +64,6 @@ cli.add_command(demo)
 cli.add_command(evaluate)
 cli.add_command(continual)
 cli.add_command(sparsify)
-cli.add_command(connect_command)
 
 
 def _os_error(err: OSError) -> str:

@@ -25,8 +25,17 @@ class TargetPoint(Objective):
         return 0.5 * diff.square().sum(), diff
 
     def step_limit(self, theta: Tensor, step: Tensor) -> Tensor:
-        """The exact line minimiser: t* = (θ_t − θ)·s / ||s||², clipped to [0, 1]."""
-        t = ((self.target - theta.detach()) @ step) / (step @ step).clamp_min(1e-30)
+        """The exact line minimiser: t* = (θ_t − θ)·s / ||s||², clipped to [0, 1].
+
+        Computed on s scaled by its largest entry m (s = m u, ||u||_∞ = 1): t* = (θ_t − θ)·u /
+        (m ||u||²), so a huge step (||s||² beyond the float range) still lands on the line
+        minimiser instead of overflowing to a factor of 0, and a tiny one does not underflow.
+        A step with a non-finite entry gives a non-finite factor (the tracer then refuses it).
+        """
+        tiny = torch.finfo(step.dtype).tiny
+        scale = step.abs().amax()
+        unit = step / scale.clamp_min(tiny)
+        t = ((self.target - theta.detach()) @ unit) / (scale * (unit @ unit)).clamp_min(tiny)
         return t.clamp(0.0, 1.0)
 
     def distance(self, theta: Tensor) -> Tensor:

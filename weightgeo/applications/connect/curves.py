@@ -4,17 +4,28 @@ A curve is what a connection method returns: a polyline through vertices (the st
 line, a traced or relaxed path, Garipov's polygonal chain) or a quadratic Bezier curve.
 ``sample(count)`` gives ``count`` points evenly spaced by arc length, the first and last
 being the endpoints, so every method is evaluated at comparable places.
+
+Garipov et al.'s curves have one trainable bend between fixed ends; :data:`BENT_CURVES` holds
+their kinds (``bezier``, ``polychain``), each a point w(t) and the curve it makes. Their training
+loss is :class:`CurveLoss` — the task loss at w(t) plus weight decay on w(t), one t ~ U(0, 1)
+per minibatch drawn by :class:`CurveBatches` — minimised by the library's loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from weightgeo.data.streams import Stream
 from weightgeo.errors import WeightgeoError
+from weightgeo.functional import FunctionalModel
 from weightgeo.paths.relax import resample_polyline
+from weightgeo.registry import Registry
 
 
 class Curve:
@@ -124,3 +135,83 @@ class Bezier(Curve):
 
     def control_points(self) -> list[Tensor]:
         return [self.theta_a, self.bend, self.theta_b]
+
+
+def curve_from_points(kind: str, points: Sequence[Tensor]) -> Curve:
+    """The curve of kind ``kind`` ("bezier" or "polyline") through its control points."""
+    if kind == Bezier.kind:
+        if len(points) != 3:
+            raise WeightgeoError(f"a Bezier curve has 3 control points, got {len(points)}")
+        return Bezier(*points)
+    if kind == Polyline.kind:
+        return Polyline(list(points))
+    raise WeightgeoError(f"unknown curve kind {kind!r}; choose one of {Bezier.kind}, {Polyline.kind}")
+
+
+# -- Garipov's curves: a trainable bend between fixed ends ----------------------------------------
+def bezier_point(theta_a: Tensor, bend: Tensor, theta_b: Tensor, t: float) -> Tensor:
+    """w(t) = (1−t)² θ_a + 2t(1−t) bend + t² θ_b."""
+    return (1 - t) ** 2 * theta_a + 2 * t * (1 - t) * bend + t**2 * theta_b
+
+
+def chain_point(theta_a: Tensor, bend: Tensor, theta_b: Tensor, t: float) -> Tensor:
+    """w(t) on the polygonal chain θ_a → bend (t ≤ ½) → θ_b, each half at constant speed."""
+    if t < 0.5:
+        return theta_a + 2 * t * (bend - theta_a)
+    return bend + (2 * t - 1) * (theta_b - bend)
+
+
+@dataclass(frozen=True)
+class BentCurve:
+    """A kind of curve with one bend: its point w(t) and the curve its control points make."""
+
+    point: Callable[[Tensor, Tensor, Tensor, float], Tensor]
+    build: Callable[[Tensor, Tensor, Tensor], Curve]
+
+
+BENT_CURVES: Registry[BentCurve] = Registry("curve")
+BENT_CURVES.register("bezier", BentCurve(bezier_point, Bezier), help="quadratic Bezier curve")
+BENT_CURVES.register("polychain", BentCurve(chain_point, lambda a, bend, b: Polyline([a, bend, b])),
+                     help="polygonal chain through one bend")
+
+
+class CurveBatches(Stream):
+    """(t, x, y): a minibatch and its t ~ U(0, 1) (one t per minibatch), resumable.
+
+    t is drawn on the CPU from its own generator (a host value: no device read).
+    """
+
+    def __init__(self, minibatches: Stream, seed: int) -> None:
+        self.minibatches = minibatches
+        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    def next(self) -> tuple[float, Tensor, Tensor]:
+        t = float(torch.rand((), generator=self.generator))
+        x, y = self.minibatches.next()
+        return t, x, y
+
+    def state_dict(self) -> dict:
+        return {"minibatches": self.minibatches.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.minibatches.load_state_dict(state["minibatches"])
+        self.generator.set_state(state["generator"])
+
+
+class CurveLoss:
+    """The bend's loss on a batch (t, x, y): CE(f(x; w(t)), y) + ½ λ ||w(t)||² (Garipov et al.).
+
+    The network runs in eval mode with batch norm (if any) on the batch's statistics.
+    """
+
+    def __init__(self, model: FunctionalModel, kind: str, theta_a: Tensor, theta_b: Tensor,
+                 weight_decay: float) -> None:
+        self.curve = BENT_CURVES[kind]
+        self.network = model.stacked()
+        self.theta_a, self.theta_b = theta_a.detach(), theta_b.detach()
+        self.weight_decay = weight_decay
+
+    def __call__(self, bend: Tensor, batch: Any) -> Tensor:
+        t, x, y = batch
+        w = self.curve.point(self.theta_a, bend, self.theta_b, t)
+        return F.cross_entropy(self.network.single(w, x), y) + 0.5 * self.weight_decay * w.square().sum()

@@ -16,9 +16,9 @@ def section_connect(ctx) -> str:
     ctx.log("connecting MLP a and MLP b (linear, rebasin, relax)")
     started = time.perf_counter()
     result = connect_networks(
-        fmodel, a["theta"], b["theta"], ctx.train, ctx.test, ctx.out / "connect",
-        methods=["linear", "rebasin", "relax"], points=11 if ctx.quick else 31,
-        plane_grid=0 if ctx.quick else 11, with_train=False, overwrite=True,
+        fmodel, a["theta"], b["theta"], ctx.train, ctx.test, ctx.out / "connect", overwrite=True,
+        method=("linear", "rebasin", "relax"), points=11 if ctx.quick else 31,
+        plane_grid=0 if ctx.quick else 11, train_eval=False,
         budget=100 if ctx.quick else 1500, nodes=4 if ctx.quick else 16, seed=ctx.seed,
     )
     seconds = time.perf_counter() - started
@@ -31,6 +31,6 @@ def section_connect(ctx) -> str:
         "alignment (weight matching), and `relax` (16 nodes minimising the output-metric path "
         "energy plus the task loss at the nodes). Test accuracy in %, evaluated at points evenly "
         f"spaced by arc length ({seconds:.0f} s in all; `weightgeo connect` runs every method).\n\n"
-        + markdown_table(result["rows"], columns)
+        + markdown_table(result.rows, columns)
         + "\n![accuracy and loss along the paths](connect/along_paths.png)\n" + picture
     )

@@ -1,9 +1,13 @@
 """Evaluating a path between two networks: loss and accuracy along it, barriers, lengths.
 
 Points are evenly spaced by Euclidean arc length (61 by default, as Garipov et al.). A
-batch-norm network gets its statistics recomputed at every point by one pass over the
-training data in train mode (cumulative average), as Garipov et al. do; ``recompute_bn=False``
-skips it (the endpoints' statistics are then meaningless in between: say so when reporting).
+batch-norm network gets its statistics recomputed at every point by one pass in train mode
+(cumulative average) over ``bn_images`` training images — a fixed random subset, 2,000 by
+default; 0 or more than the set holds is the whole training set, as Garipov et al. do.
+``bn_recompute=False`` keeps the stored statistics (θ_a's: meaningless in between; say so when
+reporting). The training loss and accuracy are measured on ``train_eval_images`` training
+images (0: all). Evaluation runs in large batches (``batch_size``) and, for networks without
+batch norm, ``points_per_pass`` points at once in one vmapped pass (it pays on a GPU).
 
 Reported per path:
 - loss barrier = max test loss along the path − mean of the endpoints' test losses
@@ -22,33 +26,58 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightgeo.errors import WeightgeoError
+from weightgeo.evaluation import loss_and_correct
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds.weight_space import WeightSpace
 
 
+def training_subset(train, images: int, seed: int):
+    """``images`` training examples drawn at random from ``seed`` (all of them, in order, when
+    ``images`` is 0 or covers the set)."""
+    if images == 0 or images >= len(train.y):
+        return train
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return train.subset(torch.randperm(len(train.y), generator=generator)[:images])
+
+
 class PointEvaluator:
-    """Test (and optionally train) loss and accuracy at θ, with batch-norm statistics recomputed."""
+    """Test (and optionally training) loss and accuracy at θ, batch-norm statistics recomputed.
+
+    Args:
+        model: the network.
+        train, test: the data sets.
+        bn_recompute: recompute batch-norm statistics at every point (networks with batch norm).
+        bn_images: training images of that pass (0: all).
+        train_eval: also measure the training loss and accuracy, on ``train_eval_images`` (0: all).
+        batch_size: examples per forward pass.
+        points_per_pass: points evaluated in one vmapped pass (networks without batch norm).
+        seed: seeds the training subsets.
+    """
 
     def __init__(
-        self, model: FunctionalModel, train, test, recompute_bn: bool = True, batch_size: int = 1000,
-        with_train: bool = True,
+        self, model: FunctionalModel, train, test, *, bn_recompute: bool = True, bn_images: int = 2000,
+        train_eval: bool = True, train_eval_images: int = 0, batch_size: int = 1000,
+        points_per_pass: int = 1, seed: int = 0,
     ) -> None:
         # A private copy whose BN momentum we may change (FunctionalModel(fm) would see no
         # trainable parameter: its module is frozen).
         self.model = FunctionalModel(model.to_module(model.theta(), model.buffers))
-        self.train, self.test = train, test
+        self.test = test
         self.batch_size = batch_size
-        self.with_train = with_train
-        self.recompute_bn = recompute_bn and self.model.has_batch_norm
-        if self.recompute_bn:
+        self.bn_recompute = bn_recompute and self.model.has_batch_norm
+        self.bn_data = training_subset(train, bn_images, seed)
+        self.train = training_subset(train, train_eval_images, seed) if train_eval else None
+        self.points_per_pass = 1 if self.model.has_batch_norm else max(1, points_per_pass)
+        if self.bn_recompute:
             for m in self.model.module.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = None  # cumulative average over the pass
 
     @torch.no_grad()
     def buffers(self, theta: Tensor) -> dict[str, Tensor] | None:
-        """Batch-norm statistics of θ on the training data (None without batch norm)."""
-        if not self.recompute_bn:
+        """Batch-norm statistics of θ on the chosen training images (None: keep the stored ones)."""
+        if not self.bn_recompute:
             return None
         buffers = self.model.clone_buffers()
         for name, b in buffers.items():
@@ -56,31 +85,74 @@ class PointEvaluator:
                 b.zero_()
             elif name.endswith("running_var"):
                 b.fill_(1.0)
-        x = self.train.x
+        x = self.bn_data.x
         for i in range(0, len(x), self.batch_size):
             self.model.train_call(theta, x[i : i + self.batch_size].to(theta.device), buffers)
         return buffers
 
     @torch.no_grad()
-    def _scores(self, theta: Tensor, data, buffers) -> tuple[float, float]:
-        total = torch.zeros((), dtype=torch.float64, device=theta.device)
-        correct = torch.zeros((), dtype=torch.long, device=theta.device)
-        for i in range(0, len(data.x), self.batch_size):
-            xb = data.x[i : i + self.batch_size].to(theta.device)
-            yb = data.y[i : i + self.batch_size].to(theta.device)
-            logits = self.model(theta, xb, buffers)
-            total += F.cross_entropy(logits, yb, reduction="sum").double()
-            correct += (logits.argmax(-1) == yb).sum()
-        n = len(data.y)
-        return float(total) / n, float(correct) / n  # reporting
+    def scores(self, points: Tensor, datasets: list) -> list[tuple[Tensor, Tensor]]:
+        """(mean loss, accuracy) at each row of ``points`` (K×n) on each data set: K-vectors on the
+        device. One point at a time (its batch-norm statistics recomputed once for all data sets),
+        or all K in one vmapped pass per batch for a network without batch norm."""
+        if self.model.has_batch_norm or len(points) == 1:
+            per_point = []
+            for theta in points:
+                buffers = self.buffers(theta)
+                per_point.append([loss_and_correct(self.model, theta, data, buffers=buffers,
+                                                   batch_size=self.batch_size) for data in datasets])
+            sums = [(torch.stack([p[d][0] for p in per_point]), torch.stack([p[d][1] for p in per_point]))
+                    for d in range(len(datasets))]
+        else:
+            sums = [self._stacked_sums(points, data) for data in datasets]
+        return [(total / len(data.y), correct.double() / len(data.y))
+                for (total, correct), data in zip(sums, datasets, strict=True)]
+
+    def _stacked_sums(self, points: Tensor, data) -> tuple[Tensor, Tensor]:
+        """(summed loss, number correct) at every row of ``points`` in one vmapped pass per batch."""
+        network, k = self.model.stacked(), len(points)
+        total = torch.zeros(k, dtype=torch.float64, device=points.device)
+        correct = torch.zeros(k, dtype=torch.long, device=points.device)
+        for i in range(0, len(data.y), self.batch_size):
+            x = data.x[i : i + self.batch_size].to(points.device)
+            y = data.y[i : i + self.batch_size].to(points.device)
+            logits = network(points, x)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none")
+            total += losses.view(k, -1).double().sum(1)
+            correct += (logits.argmax(-1) == y).sum(1)
+        return total, correct
+
+    def evaluate(self, points: Tensor, fractions: Tensor | None = None) -> list[dict]:
+        """One row per point: its arc-length fraction and its scores (read from the device once
+        per group of points: reporting).
+
+        Raises:
+            WeightgeoError: a point is not finite (never evaluated: a method keeps finite points).
+        """
+        if not bool(torch.isfinite(points).all()):  # a guard: one read
+            raise WeightgeoError("refusing to evaluate a non-finite point")
+        datasets = {"test": self.test} if self.train is None else {"test": self.test, "train": self.train}
+        rows: list[dict] = []
+        for start in range(0, len(points), self.points_per_pass):
+            group = points[start : start + self.points_per_pass]
+            values = {}
+            for name, (loss, accuracy) in zip(datasets, self.scores(group, list(datasets.values())), strict=True):
+                values[f"{name}_loss"], values[f"{name}_accuracy"] = loss.tolist(), accuracy.tolist()
+            for j in range(len(group)):
+                fraction = {} if fractions is None else {"fraction": float(fractions[start + j])}
+                rows.append({"point": start + j, **fraction, **{name: v[j] for name, v in values.items()}})
+        return rows
 
     def __call__(self, theta: Tensor) -> dict[str, float]:
-        buffers = self.buffers(theta)
-        row = {}
-        row["test_loss"], row["test_accuracy"] = self._scores(theta, self.test, buffers)
-        if self.with_train:
-            row["train_loss"], row["train_accuracy"] = self._scores(theta, self.train, buffers)
+        """The scores at one point."""
+        row = self.evaluate(theta[None])[0]
+        del row["point"]
         return row
+
+    def test_losses(self, points: Tensor) -> Tensor:
+        """The test loss at each row of ``points`` (the loss plane's evaluation)."""
+        return torch.cat([self.scores(points[i : i + self.points_per_pass], [self.test])[0][0]
+                          for i in range(0, len(points), self.points_per_pass)])
 
 
 def path_metric_length(space: WeightSpace, points: Tensor, inputs: Tensor | None) -> float:
@@ -88,14 +160,6 @@ def path_metric_length(space: WeightSpace, points: Tensor, inputs: Tensor | None
     with torch.no_grad():
         sq = space.segment_energies(points, inputs)
     return float(sq.clamp_min(0).sqrt().sum())  # reporting
-
-
-def evaluate_points(points: Tensor, fractions: Tensor, evaluator: PointEvaluator) -> list[dict]:
-    """One row per point: its arc-length fraction and the evaluator's scores."""
-    rows = []
-    for k in range(len(points)):
-        rows.append({"point": k, "fraction": float(fractions[k]), **evaluator(points[k])})
-    return rows
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:

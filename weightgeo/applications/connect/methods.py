@@ -1,280 +1,133 @@
-"""The connection methods: each turns two networks into a curve between them.
+"""The connection methods: each turns two networks into a curve between them (:data:`METHODS`).
 
 - ``linear``: the straight line.
-- ``traverse``: the paper's approach — a damped natural-gradient walk from θ_a under the task
-  metric toward O(θ) = ½||θ − θ_b||², plus ``traverse_weight`` × the task loss on training batches;
-  once within ``tol`` of θ_b (or when the budget runs out) a final straight segment ends the
-  path exactly at θ_b, recorded as such.
+- ``traverse``: the paper's approach (:mod:`.traverse`): a damped natural-gradient walk from θ_a
+  under the task metric toward θ_b, plus ``traverse_weight`` × the task loss, ended by a
+  recorded straight segment.
 - ``relax``: the boundary-value solver (:func:`weightgeo.paths.relax`) from the straight line,
   with the metric's path energy on training inputs (divided by the straight line's) plus
   ``task_weight`` × the task loss at the nodes.
 - ``bezier`` / ``polychain``: Garipov et al.'s curves, the bend trained with one t ~ U(0, 1)
-  per minibatch on the task loss at w(t), endpoints fixed, SGD with momentum 0.9, weight
-  decay on w(t), learning rate constant for half the run then linearly down to 1%.
+  per minibatch on the task loss at w(t) (:class:`~.curves.CurveLoss`), endpoints fixed, SGD
+  with momentum 0.9, weight decay on w(t), the ``garipov`` schedule (constant for half the run,
+  then linearly down to 1%), all in the library's loop :func:`~weightgeo.optim.fit`.
 - ``rebasin``: weight matching (MLPs only), then the straight line to the permuted θ_b.
 
-Methods that train share one budget of gradient evaluations (a minibatch gradient of the
-network = 1, a metric-vector product = 1).
+Methods that train share one budget of gradient evaluations each (a minibatch gradient of the
+network = 1, a metric-vector product = 1). A method that stops on a non-finite value keeps its
+last finite curve; :attr:`Method.hint` names the option to change.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path as FilePath
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from weightgeo.applications.connect.curves import Bezier, Curve, Polyline
-from weightgeo.applications.connect.rebasin import weight_matching
-from weightgeo.errors import WeightgeoError
-from weightgeo.functional import FunctionalModel
-from weightgeo.manifolds.weight_space import WeightSpace
-from weightgeo.metrics.registry import build_metric
-from weightgeo.objectives import Objective, TargetPoint, TaskLoss
-from weightgeo.paths import Path, relax, traverse
-
-METHODS = ("linear", "traverse", "relax", "bezier", "polychain", "rebasin")
-TRAINED = ("traverse", "relax", "bezier", "polychain")
+from weightgeo.applications.connect.curves import BENT_CURVES, CurveBatches, CurveLoss, Polyline
+from weightgeo.applications.connect.rebasin import mlp_layers, weight_matching
+from weightgeo.applications.connect.task import ConnectTask, MethodResult, timed
+from weightgeo.applications.connect.traverse import method_traverse
+from weightgeo.optim import OptimizerSpec, fit
+from weightgeo.paths import relax
+from weightgeo.registry import Registry
+from weightgeo.stopping import Budget
 
 
-@dataclass
-class Setting:
-    """Everything a method needs: the two networks, the data and the shared settings."""
+@dataclass(frozen=True)
+class Method:
+    """A connection method: ``run(task) -> MethodResult``; ``trains``: it spends the budget;
+    ``hint``: what to change when it diverges (e.g. "lower --relax-lr"); ``check(task)``: refuses
+    a task the method cannot do, before any work (one line)."""
 
-    model: FunctionalModel
-    theta_a: Tensor
-    theta_b: Tensor
-    train: object
-    test: object
-    metric: str = "output"
-    nodes: int = 16
-    budget: int = 3000
-    batch_size: int = 128
-    metric_batch: int = 256
-    task_weight: float = 20.0
-    traverse_weight: float = 100.0
-    relax_lr: float = 1e-3
-    reparametrize_every: int = 0
-    step_size: float | None = None
-    damping: float = 1e-3
-    cg_iters: int = 10
-    tol: float = 0.02
-    curve_lr: float = 0.05
-    weight_decay: float = 5e-4
-    seed: int = 0
-    paths_dir: FilePath | None = None
-    progress: bool = False
-    log: Callable[[str], None] = lambda msg: None
-    metric_inputs: Tensor | None = field(default=None, repr=False)
-
-    def space(self, inputs: Tensor | None = None) -> WeightSpace:
-        x = self.metric_inputs if inputs is None else inputs
-        return WeightSpace(self.model, build_metric(self.metric, self.model, x), damping=self.damping,
-                           cg_maxiter=self.cg_iters)
-
-    def directory(self, name: str) -> FilePath | None:
-        """A fresh ``paths/<name>`` (an earlier run's files there are removed: paths append)."""
-        if self.paths_dir is None:
-            return None
-        directory = self.paths_dir / name
-        if directory.exists():
-            shutil.rmtree(directory)
-        return directory
-
-    def batches(self, offset: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-        """Shuffled training minibatches, endlessly (reproducible from the seed)."""
-        generator = torch.Generator(device="cpu").manual_seed(self.seed + offset)
-        device = self.theta_a.device
-        while True:
-            for x, y in self.train.batches(self.batch_size, shuffle=True, generator=generator):
-                yield x.to(device), y.to(device)
+    run: Callable[[ConnectTask], MethodResult]
+    trains: bool = False
+    hint: str | None = None
+    check: Callable[[ConnectTask], object] | None = None
 
 
-@dataclass
-class MethodResult:
-    name: str
-    curve: Curve
-    grad_evals: int
-    seconds: float
-    path: Path | None = None
-    info: dict = field(default_factory=dict)
+def method_linear(task: ConnectTask) -> MethodResult:
+    """The straight line from θ_a to θ_b."""
+    return MethodResult("linear", Polyline([task.theta_a, task.theta_b]), 0)
 
 
-# -- linear and rebasin -------------------------------------------------------------------------
-def method_linear(s: Setting) -> MethodResult:
-    return MethodResult("linear", Polyline([s.theta_a, s.theta_b]), 0, 0.0)
+def method_rebasin(task: ConnectTask) -> MethodResult:
+    """Weight matching of θ_b's hidden units onto θ_a's (MLPs), then the straight line."""
+    permuted, perms = weight_matching(task.model, task.theta_a, task.theta_b, seed=task.settings.seed)
+    moved = sum(int((p != torch.arange(len(p), device=p.device)).sum()) for p in perms)  # reporting
+    return MethodResult("rebasin", Polyline([task.theta_a, permuted]), 0, info={
+        "units_permuted": moved, "distance_after": float((permuted - task.theta_a).norm())})
 
 
-def method_rebasin(s: Setting) -> MethodResult:
-    started = time.perf_counter()
-    permuted, perms = weight_matching(s.model, s.theta_a, s.theta_b, seed=s.seed)
-    moved = sum(int((p != torch.arange(len(p), device=p.device)).sum()) for p in perms)
-    return MethodResult(
-        "rebasin", Polyline([s.theta_a, permuted]), 0, time.perf_counter() - started,
-        info={"units_permuted": moved, "distance_after": float((permuted - s.theta_a).norm())},
-    )
-
-
-# -- traverse -------------------------------------------------------------------------------------
-class TowardNetwork(Objective):
-    """½||θ − θ_b||² + w · task loss: move to θ_b while the task loss stays low.
-
-    The step limit and the stop test are the target's (no overshoot along a step; done
-    within ``tol``); the task term only bends the route.
-    """
-
-    def __init__(self, target: TargetPoint, task: TaskLoss | None, weight: float) -> None:
-        self.target, self.task, self.weight = target, task, weight
-
-    @property
-    def cost(self) -> int:  # type: ignore[override]
-        return 0 if self.task is None else self.task.cost
-
-    def value(self, theta: Tensor) -> Tensor:
-        value = self.target.value(theta)
-        return value if self.task is None else value + self.weight * self.task.value(theta)
-
-    def value_and_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        value, grad = self.target.value_and_grad(theta)
-        if self.task is not None and self.weight:
-            v, g = self.task.value_and_grad(theta)
-            value, grad = value + self.weight * v, grad + self.weight * g
-        return value, grad
-
-    def step_limit(self, theta: Tensor, step: Tensor) -> Tensor:
-        return self.target.step_limit(theta, step)
-
-    def done(self, theta: Tensor) -> bool:
-        return self.target.done(theta)
-
-    def __repr__(self) -> str:
-        return f"TargetPoint + {self.weight:g}·TaskLoss" if self.task is not None else "TargetPoint"
-
-
-def method_traverse(s: Setting) -> MethodResult:
-    started = time.perf_counter()
-    distance = float((s.theta_b - s.theta_a).norm())
-    step = s.step_size if s.step_size is not None else distance / 100
-    tol = s.tol * distance
-    task = TaskLoss(s.model, s.batches(offset=1)) if s.traverse_weight > 0 else None
-    objective = TowardNetwork(TargetPoint(s.theta_b, tol=tol), task, s.traverse_weight)
-    generator = torch.Generator(device="cpu").manual_seed(s.seed + 2)
-    device = s.theta_a.device
-
-    def metric_batches():
-        while True:
-            idx = torch.randperm(len(s.train.x), generator=generator)[: s.metric_batch]
-            yield s.train.x[idx].to(device)
-
-    per_step = objective.cost + (0 if s.metric == "euclidean" else s.cg_iters)
-    max_steps = max(1, s.budget // max(1, per_step))
-    save_every = max(1, max_steps // 100)
-    path = Path(s.theta_a, directory=s.directory("traverse"), save_every=save_every)
-    path.begin_stage("traverse")
-    traverse(
-        s.space(), objective, step_size=step, max_steps=max_steps, path=path, finish=False,
-        metric_inputs=metric_batches(), budget=s.budget, progress=s.progress,
-    )
-    traced = path.last_stop
-    reason = traced.reason.value
-    remaining = float((s.theta_b - path.end).norm())
-    vertices = [w for _, w in path.waypoints()]
-    if remaining > 0:
-        # The final straight segment to θ_b (exact end), recorded as a stage of its own.
-        with torch.no_grad():
-            sq = s.space().segment_energies(torch.stack([path.end, s.theta_b]))
-        path.begin_stage("final-segment")
-        path.append(s.theta_b, metric_length=sq[0].sqrt(), euclidean_length=remaining,
-                    grad_evals=path.grad_evals, final_segment=True)
-        path.end_stage("done")
-        reason += "+final-segment"
-        vertices.append(s.theta_b)
-    path.finish(traced)
-    return MethodResult(
-        "traverse", Polyline(vertices), path.grad_evals, time.perf_counter() - started, path,
-        info={"stop_reason": reason, "steps": len(path) - 1, "step_size": step,
-              "final_segment_length": remaining, "final_segment_fraction": remaining / distance},
-    )
-
-
-# -- relax ------------------------------------------------------------------------------------------
-def method_relax(s: Setting) -> MethodResult:
-    started = time.perf_counter()
-    task = s.batches(offset=3) if s.task_weight > 0 else None
-    inputs = None
-    if task is None:
-        inputs = (x for x, _ in s.batches(offset=3))
-    per_step = s.nodes + 1
+def method_relax(task: ConnectTask) -> MethodResult:
+    """A discrete geodesic: the nodes minimise the path energy plus the task loss at the nodes."""
+    s = task.settings
+    labelled = s.task_weight > 0
+    minibatches = task.minibatches(offset=3, labelled=labelled)
     path = relax(
-        s.space(), s.theta_a, s.theta_b, nodes=s.nodes, task=task, inputs=inputs,
-        task_weight=s.task_weight, steps=max(0, s.budget // per_step), lr=s.relax_lr,
-        budget=s.budget, reparametrize_every=s.reparametrize_every,
-        directory=s.directory("relax"), progress=s.progress,
+        task.space(), task.theta_a, task.theta_b, nodes=s.nodes, task=minibatches if labelled else None,
+        inputs=None if labelled else minibatches, task_weight=s.task_weight,
+        steps=max(0, s.budget // (s.nodes + 1)), lr=s.relax_lr, budget=s.budget,
+        directory=task.directory("relax"), checkpoint_every=s.checkpoint_every, resume=True,
+        progress=task.progress,
     )
     vertices = [w for _, w in path.waypoints()]
-    return MethodResult("relax", Polyline(vertices), path.grad_evals, time.perf_counter() - started,
-                        path, info={"stop_reason": path.stop_reason, "nodes": s.nodes})
+    return MethodResult("relax", Polyline(vertices), path.grad_evals, path.stop, path=path,
+                        info={"nodes": s.nodes})
 
 
-# -- Garipov curves ---------------------------------------------------------------------------------
-def train_bend(s: Setting, kind: str) -> tuple[Tensor, int]:
-    """Garipov et al.'s curve training: one t ~ U(0,1) per minibatch, loss at w(t), bend trained."""
-    fn = s.model.stacked()  # batch norm (if any) on batch statistics, dropout off
-    a, b = s.theta_a, s.theta_b
-    bend = (0.5 * (a + b)).clone().requires_grad_(True)
-    opt = torch.optim.SGD([bend], lr=s.curve_lr, momentum=0.9)
-    generator = torch.Generator(device="cpu").manual_seed(s.seed + 4)
-    batches = s.batches(offset=4)
-    steps = s.budget
-    for step in range(steps):
-        frac = step / max(1, steps)
-        factor = 1.0 if frac < 0.5 else 1.0 - 0.99 * (frac - 0.5) / 0.5
-        for group in opt.param_groups:
-            group["lr"] = s.curve_lr * factor
-        t = float(torch.rand((), generator=generator))
-        if kind == "bezier":
-            w = (1 - t) ** 2 * a + 2 * t * (1 - t) * bend + t**2 * b
-        elif t < 0.5:
-            w = a + 2 * t * (bend - a)
-        else:
-            w = bend + (2 * t - 1) * (b - bend)
-        x, y = next(batches)
-        loss = F.cross_entropy(fn.single(w, x), y) + 0.5 * s.weight_decay * w.square().sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return bend.detach(), steps
+def curve_method(kind: str) -> Callable[[ConnectTask], MethodResult]:
+    """Garipov et al.'s training of the bend of a ``kind`` curve (see the module docstring)."""
+    curve = BENT_CURVES[kind]
+
+    def run(task: ConnectTask) -> MethodResult:
+        s = task.settings
+        loss = CurveLoss(task.model, kind, task.theta_a, task.theta_b, s.weight_decay)
+        batches = CurveBatches(task.minibatches(offset=4), s.seed + 4)
+        spec = OptimizerSpec("sgd", lr=s.curve_lr, momentum=0.9, schedule="garipov")
+        result = fit(0.5 * (task.theta_a + task.theta_b), loss, batches, s.budget, optimizer=spec,
+                     budget=Budget(s.budget), checkpoint=task.checkpoint(kind),
+                     checkpoint_every=s.checkpoint_every, resume=task.saved(kind),
+                     progress=kind if task.progress else False)
+        return MethodResult(kind, curve.build(task.theta_a, result.param, task.theta_b), result.grad_evals,
+                            result.stop)
+
+    run.__doc__ = f"Garipov et al.'s {kind} curve, its bend trained on the loss at w(t)."
+    return run
 
 
-def method_bezier(s: Setting) -> MethodResult:
-    started = time.perf_counter()
-    bend, spent = train_bend(s, "bezier")
-    return MethodResult("bezier", Bezier(s.theta_a, bend, s.theta_b), spent, time.perf_counter() - started)
+METHODS: Registry[Method] = Registry("method")
+"""The connection methods by name (``--method``)."""
+
+METHODS.register("linear", Method(method_linear), help="the straight line")
+METHODS.register("traverse", Method(method_traverse, True, "lower --step-size"),
+                 help="damped natural-gradient walk toward θ_b, then a straight end")
+METHODS.register("relax", Method(method_relax, True, "lower --relax-lr"),
+                 help="discrete geodesic: path energy plus the task loss at the nodes")
+METHODS.register("bezier", Method(curve_method("bezier"), True, "lower --curve-lr"),
+                 help="Garipov's quadratic Bezier curve")
+METHODS.register("polychain", Method(curve_method("polychain"), True, "lower --curve-lr"),
+                 help="Garipov's polygonal chain")
+METHODS.register("rebasin", Method(method_rebasin, check=lambda task: mlp_layers(task.model, task.name)), help="weight matching, then the straight line (MLPs)")
+
+DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
-def method_polychain(s: Setting) -> MethodResult:
-    started = time.perf_counter()
-    bend, spent = train_bend(s, "polychain")
-    return MethodResult("polychain", Polyline([s.theta_a, bend, s.theta_b]), spent,
-                        time.perf_counter() - started)
+def run_method(name: str, task: ConnectTask) -> MethodResult:
+    """Run method ``name`` on ``task`` (or read back what an interrupted run finished).
 
+    The result is written to ``paths/<name>/`` when the task has a run directory.
 
-RUNNERS: dict[str, Callable[[Setting], MethodResult]] = {
-    "linear": method_linear,
-    "traverse": method_traverse,
-    "relax": method_relax,
-    "bezier": method_bezier,
-    "polychain": method_polychain,
-    "rebasin": method_rebasin,
-}
-
-
-def run_method(name: str, setting: Setting) -> MethodResult:
-    if name not in RUNNERS:
-        raise WeightgeoError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return RUNNERS[name](setting)
+    Raises:
+        WeightgeoError: an unknown method (one line naming the choices).
+    """
+    method = METHODS[name]
+    directory = task.directory(name)
+    finished = MethodResult.load(directory, task.theta_a.device)
+    if finished is not None:
+        return finished
+    result = timed(method.run)(task)
+    result.save(directory)
+    task.forget(name)
+    return result

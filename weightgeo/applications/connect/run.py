@@ -1,48 +1,211 @@
 """``connect``: join two trained networks by every requested method and compare the paths.
 
-Writes to the run directory: ``config.json``; ``results.csv`` and ``results.md`` (one row per
-method); ``evaluation.csv`` (every method's loss and accuracy at each evaluated point);
-``along_paths.png`` (test accuracy and loss along every path on shared axes); ``plane.png``
-(test-loss contours on the plane through θ_a, θ_b and a path's midpoint, every path drawn);
-``paths/<method>/`` (the traced paths, or the curve's control points as a Path).
+The application (:class:`Connect`, the command ``weightgeo connect A B --out DIR``) has one unit of
+work per method — run the method (or read back what an interrupted run finished), evaluate its
+curve at ``points`` points evenly spaced by arc length, measure its barriers and lengths — and, when
+the loss plane is on, one unit ``plane`` that evaluates the test loss on the plane through θ_a, θ_b
+and the midpoint of the first trained method's path (:mod:`weightgeo.paths.plane`). The run
+directory holds ``config.json``, ``results.csv`` / ``results.md`` (one row per method; the columns
+``seconds`` and ``eval_seconds`` are wall-clock times, the rest is the same for the same seed and
+thread count), ``evaluation.csv``, ``along_paths.png``, ``plane.json`` / ``plane.png`` and
+``paths/<method>/`` (the curve as a Path, ``result.json``, ``evaluation.json``).
+
+From Python: :func:`connect` (two checkpoints) and :func:`connect_networks` (a model and two θ).
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
-from weightgeo.applications.connect.evaluate import (
-    PointEvaluator,
-    evaluate_points,
-    path_metric_length,
-    summarise,
+from weightgeo.applications.base import (
+    Application,
+    RunOptions,
+    Unit,
+    register_application,
+    run_application,
 )
-from weightgeo.applications.connect.methods import (
-    METHODS,
-    TRAINED,
-    MethodResult,
-    Setting,
-    run_method,
-)
-from weightgeo.applications.connect.rebasin import mlp_layers
-from weightgeo.applications.connect.report import along_paths_plot, plane_basis, plane_plot
-from weightgeo.errors import WeightgeoError
+from weightgeo.applications.connect.curves import Curve
+from weightgeo.applications.connect.evaluate import PointEvaluator, path_metric_length, summarise
+from weightgeo.applications.connect.methods import METHODS, run_method
+from weightgeo.applications.connect.report import EVALUATION_FILE, PLANE_FILE, write_report
+from weightgeo.applications.connect.settings import ConnectSettings
+from weightgeo.applications.connect.task import ConnectTask, MethodResult
 from weightgeo.functional import FunctionalModel
 from weightgeo.models.checkpoint import Checkpoint, checkpoints_compatible, load_checkpoint
-from weightgeo.paths import Path as WeightPath
-from weightgeo.rundir import markdown_table, prepare_run_dir, write_csv, write_json, write_text
-from weightgeo.workflows import load_with_data
+from weightgeo.paths import Plane, loss_surface
+from weightgeo.registry import Registry
+from weightgeo.rundir import RunDirectory, dumps, write_json
 
-RESULT_COLUMNS = [
-    "method", "min_test_accuracy", "max_accuracy_drop", "loss_barrier", "error_barrier",
-    "euclidean_length", "metric_length", "grad_evals", "seconds",
-]
+PLANE = "plane"
+
+
+@register_application
+class Connect(Application):
+    """Connect two checkpoints (same architecture) by each method and compare the paths.
+
+    Writes results.csv, results.md, evaluation.csv, along_paths.png, plane.png and the paths to
+    --out. traverse steps have Euclidean length --step-size (its steps follow from --budget). The
+    command runs on the checkpoints' data set (mnist5k, cifar10, ...).
+    """
+
+    name: ClassVar[str] = "connect"
+    Settings: ClassVar[type[ConnectSettings]] = ConnectSettings
+    methods: ClassVar[Registry] = METHODS
+    arguments: ClassVar[tuple[str, ...]] = ("checkpoint_a", "checkpoint_b")
+
+    def __init__(self, settings: ConnectSettings, *inputs: Any, options: RunOptions | None = None,
+                 task: ConnectTask | None = None) -> None:
+        super().__init__(settings, *inputs, options=options)
+        self.task = task
+
+    def prepare(self, run: RunDirectory) -> None:
+        s = self.settings
+        if self.task is None:
+            self.task = load_task(self.inputs["checkpoint_a"], self.inputs["checkpoint_b"], s, self.options)
+        task = self.task
+        task.run, task.progress = run, self.options.progress
+        for name in s.method:
+            if METHODS[name].check is not None:
+                METHODS[name].check(task)  # refuse what a method cannot do before any work
+        device = task.theta_a.device
+        self.evaluator = PointEvaluator(
+            task.model, task.train, task.test, bn_recompute=s.bn_recompute, bn_images=s.bn_images,
+            train_eval=s.train_eval, train_eval_images=s.train_eval_images, batch_size=s.eval_batch,
+            points_per_pass=s.eval_points or (16 if device.type == "cuda" else 1), seed=s.seed)
+        self.space = task.space()
+
+    def units(self) -> list[Unit]:
+        units = [Unit(name) for name in self.settings.method]
+        if self.settings.plane_size(self.task.model.n) >= 2:
+            units.append(Unit(PLANE))
+        return units
+
+    def run_unit(self, unit: Unit, run: RunDirectory) -> list[dict]:
+        if unit.key == PLANE:
+            self.loss_plane(run)
+            return []
+        s, name = self.settings, unit.key
+        self.options.log(f"connect: {name}")
+        result = run_method(name, self.task)
+        started = time.perf_counter()
+        points, fractions = result.curve.sample(s.points)
+        evaluation = self.evaluator.evaluate(points, fractions)
+        metric_length = path_metric_length(self.space, points, self.task.metric_inputs)
+        eval_seconds = time.perf_counter() - started
+        write_json(run / "paths" / name / EVALUATION_FILE, evaluation)
+        row = {"method": name, **summarise(evaluation), "euclidean_length": result.curve.euclidean_length(),
+               "metric_length": metric_length, "grad_evals": result.grad_evals, "seconds": result.seconds,
+               "eval_seconds": eval_seconds, "stop_reason": result.stop_reason, **result.info}
+        if result.stop.diverged:
+            row["stop_message"] = result.stop.message(name, METHODS[name].hint)
+        self.options.log(f"connect: {name}: worst test accuracy {row['min_test_accuracy']:.2f}%, loss barrier "
+                         f"{row['loss_barrier']:.4f}, {result.grad_evals} grad evals, {result.seconds:.1f} s "
+                         f"(+{eval_seconds:.1f} s evaluation)")
+        return [json.loads(dumps(row))]  # as a resumed run reads it back (non-finite values: null)
+
+    def loss_plane(self, run: RunDirectory) -> None:
+        """The test loss on the plane through θ_a, θ_b and the first trained path's midpoint
+        (every path projected onto it): ``plane.json``, saved row by row for --resume."""
+        s, task = self.settings, self.task
+        started = time.perf_counter()
+        trained = [m for m in s.method if METHODS[m].trains] or list(s.method)
+        device = task.theta_a.device
+        curves = {m: MethodResult.load(task.directory(m), device).curve for m in s.method}
+        middle = curves[trained[0]].sample(s.points)[0][s.points // 2]
+        plane = Plane.through(task.theta_a, task.theta_b, middle)
+        projected = {m: plane.coordinates(curve.sample(s.points)[0]).cpu() for m, curve in curves.items()}
+        xs, ys = plane.grid(torch.cat(list(projected.values())), s.plane_size(task.model.n))
+        done = (run.load_state(PLANE) or {}).get("rows", [])
+        rows = [list(row) for row in done]
+
+        def save(i: int, values: list[float]) -> None:
+            rows.append(values)
+            run.save_state(PLANE, {"rows": rows})
+
+        losses = loss_surface(plane, xs, ys, self.evaluator.test_losses, done=done, on_row=save)
+        write_json(run / PLANE_FILE, {
+            "x": xs.tolist(), "y": ys.tolist(), "test_loss": losses, "midpoint_of": trained[0],
+            "distance": plane.distance, "seconds": time.perf_counter() - started,
+            "paths": {m: {"x": xy[:, 0].tolist(), "y": xy[:, 1].tolist()} for m, xy in projected.items()}})
+        run.drop_state(PLANE)
+
+    def report(self, rows: list[dict], run: RunDirectory) -> Path:
+        s = self.settings
+        about = (f"Metric: {s.metric}; nodes (relax): {s.nodes}; budget: {s.budget} gradient evaluations per "
+                 "trained method")
+        return write_report(run, rows, about)
+
+    def headline(self, rows: list[dict]) -> list[str]:
+        return [f"{r['method']:>10}: worst test accuracy {r['min_test_accuracy']:.2f}% (drop "
+                f"{r['max_accuracy_drop']:.2f}), loss barrier {r['loss_barrier']:.4f}, length "
+                f"{r['euclidean_length']:.2f}, {r['grad_evals']} grad evals, {r['seconds']:.1f} s" for r in rows]
+
+
+def load_task(checkpoint_a: str | os.PathLike | Checkpoint, checkpoint_b: str | os.PathLike | Checkpoint,
+              settings: ConnectSettings, options: RunOptions) -> ConnectTask:
+    """Two checkpoints of one architecture and their data set, on the options' device."""
+    from weightgeo.workflows import load_with_data
+
+    a = checkpoint_a if isinstance(checkpoint_a, Checkpoint) else load_checkpoint(checkpoint_a)
+    b = checkpoint_b if isinstance(checkpoint_b, Checkpoint) else load_checkpoint(checkpoint_b)
+    checkpoints_compatible(a, b)
+    loaded = load_with_data(a, settings.dataset, options.data_root, options.download, options.device)
+    theta_b = loaded.fmodel.flatten(b.model.to(loaded.device))
+    return ConnectTask(loaded.fmodel, loaded.theta, theta_b, loaded.train, loaded.test, settings, name=a.name)
+
+
+@dataclass
+class Connection:
+    """What a connection run gives back: the rows of results.csv, each method's evaluated points
+    and curve, the run directory (None when it was temporary) and the methods that diverged."""
+
+    rows: list[dict]
+    evaluations: dict[str, list[dict]]
+    curves: dict[str, Curve]
+    directory: Path | None
+    diverged: list[str]
+
+
+def _run(app: Connect, out: str | os.PathLike | None, overwrite: bool, resume: bool) -> Connection:
+    with tempfile.TemporaryDirectory(prefix="weightgeo-connect-") as scratch:
+        directory = Path(scratch) / "run" if out is None else Path(out)
+        outcome = run_application(app, directory, overwrite=overwrite, resume=resume)
+        device = app.task.theta_a.device
+        paths = directory / "paths"
+        evaluations = {r["method"]: json.loads((paths / r["method"] / EVALUATION_FILE).read_text())
+                       for r in outcome.rows}
+        curves = {r["method"]: MethodResult.load(paths / r["method"], device).curve for r in outcome.rows}
+    return Connection(outcome.rows, evaluations, curves, None if out is None else directory, outcome.diverged)
+
+
+def connect(
+    checkpoint_a: str | os.PathLike | Checkpoint,
+    checkpoint_b: str | os.PathLike | Checkpoint,
+    out: str | os.PathLike | None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    options: RunOptions | None = None,
+    **settings: Any,
+) -> Connection:
+    """Connect two checkpoints of one architecture on their data set (``weightgeo connect``).
+
+    ``settings`` are the fields of :class:`ConnectSettings` (method, nodes, budget, points, …);
+    ``options`` the device, data root and logging. ``out=None`` runs in a temporary directory.
+    """
+    config = ConnectSettings(**settings)
+    app = Connect(config, str(checkpoint_a), str(checkpoint_b), options=options)
+    if isinstance(checkpoint_a, Checkpoint) or isinstance(checkpoint_b, Checkpoint):
+        app.task = load_task(checkpoint_a, checkpoint_b, config, app.options)
+    return _run(app, out, overwrite, resume)
 
 
 def connect_networks(
@@ -53,147 +216,15 @@ def connect_networks(
     test,
     out: str | os.PathLike | None = None,
     *,
-    methods: Sequence[str] = METHODS,
-    points: int = 61,
-    recompute_bn: bool = True,
-    plane_grid: int = 21,
-    with_train: bool = True,
     overwrite: bool = False,
-    log: Callable[[str], None] = lambda msg: None,
-    model_name: str | None = None,
-    **settings,
-) -> dict:
-    """Connect θ_a and θ_b by each method, evaluate every path, write the report to ``out``.
-
-    ``settings`` are the fields of :class:`~weightgeo.applications.connect.methods.Setting`
-    (metric, nodes, budget, batch_size, metric_batch, task_weight, relax_lr, step_size,
-    damping, cg_iters, tol, curve_lr, weight_decay, seed, progress). Returns
-    ``{"rows": [...], "evaluations": {method: rows}, "results": {method: MethodResult}}``.
-    """
-    methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise WeightgeoError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    if points < 3:
-        raise WeightgeoError(f"evaluate at least 3 points along each path, got {points}")
-    if "rebasin" in methods:
-        mlp_layers(model, model_name)  # refuse unsupported architectures before any work
-    run = None if out is None else prepare_run_dir(out, overwrite)
-    seed = settings.get("seed", 0)
-    generator = torch.Generator(device="cpu").manual_seed(seed + 7)
-    metric_batch = settings.get("metric_batch", 256)
-    idx = torch.randperm(len(train.x), generator=generator)[:metric_batch]
-    metric_inputs = train.x[idx].to(theta_a.device)
-    setting = Setting(model, theta_a, theta_b, train, test, log=log,
-                      paths_dir=None if run is None else run / "paths", metric_inputs=metric_inputs,
-                      **settings)
-    if run is not None:
-        write_json(run / "config.json", {"command": "connect", "methods": methods, "points": points,
-                                         "recompute_bn": recompute_bn, "plane_grid": plane_grid,
-                                         **{k: v for k, v in settings.items() if k != "progress"}})
-    evaluator = PointEvaluator(model, train, test, recompute_bn=recompute_bn, with_train=with_train)
-    space = setting.space()
-    results: dict[str, MethodResult] = {}
-    evaluations: dict[str, list[dict]] = {}
-    sampled: dict[str, torch.Tensor] = {}
-    rows: list[dict] = []
-    for name in methods:
-        log(f"connect: {name}")
-        result = run_method(name, setting)
-        pts, fractions = result.curve.sample(points)
-        evaluation = evaluate_points(pts, fractions, evaluator)
-        row = {"method": name, **summarise(evaluation),
-               "euclidean_length": result.curve.euclidean_length(),
-               "metric_length": path_metric_length(space, pts, metric_inputs),
-               "grad_evals": result.grad_evals, "seconds": result.seconds, **result.info}
-        rows.append(row)
-        results[name], evaluations[name], sampled[name] = result, evaluation, pts
-        if run is not None:
-            _save_curve(run / "paths" / name, result)
-            write_csv(run / "evaluation.csv",
-                      [{"method": m, **r} for m, ev in evaluations.items() for r in ev])
-            write_csv(run / "results.csv", rows, RESULT_COLUMNS)
-        log(f"connect: {name}: worst test accuracy {row['min_test_accuracy']:.2f}%, "
-            f"loss barrier {row['loss_barrier']:.4f}, {result.grad_evals} grad evals, "
-            f"{result.seconds:.1f} s")
-    if run is not None:
-        _write_report(run, rows, evaluations, sampled, theta_a, theta_b, evaluator, plane_grid,
-                      setting)
-    return {"rows": rows, "evaluations": evaluations, "results": results}
-
-
-def _save_curve(directory: Path, result: MethodResult) -> None:
-    if result.path is not None and result.path.directory is not None:
-        return  # streamed there by its tracer
-    if directory.exists():
-        shutil.rmtree(directory)  # an earlier run's path (with --overwrite): paths append
-    path = WeightPath(result.curve.start, directory=directory, save_every=1,
-                      meta={"method": result.name, "curve": result.curve.kind, **result.info})
-    for k, theta in enumerate(result.curve.control_points()):
-        path.append(theta, grad_evals=result.grad_evals if k else 0)
-    path.finish("done")
-
-
-def _write_report(run, rows, evaluations, sampled, theta_a, theta_b, evaluator, plane_grid, setting):
-    write_csv(run / "results.csv", rows, RESULT_COLUMNS)
-    budget_note = ", ".join(f"{r['method']} {r['grad_evals']}" for r in rows if r["method"] in TRAINED)
-    text = (
-        "# Connecting two networks\n\n"
-        f"Metric: {setting.metric}; nodes (relax): {setting.nodes}; budget: {setting.budget} gradient "
-        f"evaluations per trained method (spent: {budget_note or 'none trained'}).\n"
-        "Accuracies in %, drops and error barrier in points; loss barrier = max test loss − mean of "
-        "the endpoints' test losses; metric length on a fixed batch of training inputs.\n\n"
-        + markdown_table(rows, RESULT_COLUMNS)
-        + "\n![along the paths](along_paths.png)\n"
-    )
-    along_paths_plot(run / "along_paths.png", evaluations)
-    if plane_grid >= 2:
-        name = next((m for m in ("relax", "traverse", "bezier", "polychain") if m in sampled), None)
-        pts = sampled[name] if name else sampled[next(iter(sampled))]
-        mid = pts[len(pts) // 2]
-        u, v, d, h = plane_basis(theta_a, theta_b, mid)
-        projected = {m: p for m, p in sampled.items()}
-        ys_all = [float((p - theta_a) @ v) for pp in projected.values() for p in pp]
-        xs_all = [float((p - theta_a) @ u) for pp in projected.values() for p in pp]
-        lo_x, hi_x = min(xs_all + [0.0]), max(xs_all + [d])
-        lo_y, hi_y = min(ys_all + [0.0]), max(ys_all + [h])
-        pad_x, pad_y = 0.2 * (hi_x - lo_x), 0.2 * max(hi_y - lo_y, 0.1 * d)
-        gx = torch.linspace(lo_x - pad_x, hi_x + pad_x, plane_grid).tolist()
-        gy = torch.linspace(lo_y - pad_y, hi_y + pad_y, plane_grid).tolist()
-        losses = []
-        for yv in gy:
-            row = []
-            for xv in gx:
-                theta = theta_a + xv * u + yv * v
-                buffers = evaluator.buffers(theta)
-                row.append(evaluator._scores(theta, evaluator.test, buffers)[0])
-            losses.append(row)
-        plane_plot(run / "plane.png", theta_a, u, v, gx, gy, losses, projected,
-                   f"Test loss on the plane through θ_a, θ_b and the {name or 'path'} midpoint")
-        write_json(run / "plane.json", {"x": gx, "y": gy, "test_loss": losses, "midpoint_of": name})
-        text += "\n![the plane through θ_a, θ_b and the midpoint](plane.png)\n"
-    write_text(run / "results.md", text)
-
-
-def connect(
-    checkpoint_a: str | os.PathLike | Checkpoint,
-    checkpoint_b: str | os.PathLike | Checkpoint,
-    out: str | os.PathLike | None,
-    *,
-    dataset: str | None = None,
-    data_root: str | None = None,
-    download: bool = False,
-    device: str | torch.device = "auto",
-    **options,
-) -> dict:
-    """Load two checkpoints of one architecture and their data, then :func:`connect_networks`."""
-    a = checkpoint_a if isinstance(checkpoint_a, Checkpoint) else load_checkpoint(checkpoint_a)
-    b = checkpoint_b if isinstance(checkpoint_b, Checkpoint) else load_checkpoint(checkpoint_b)
-    checkpoints_compatible(a, b)
-    loaded = load_with_data(a, dataset, data_root, download, device)
-    theta_b = loaded.fmodel.flatten(b.model.to(loaded.device))
-    started = time.perf_counter()
-    result = connect_networks(loaded.fmodel, loaded.theta, theta_b, loaded.train, loaded.test, out,
-                              model_name=a.name, **options)
-    result["seconds"] = time.perf_counter() - started
-    return result
+    resume: bool = False,
+    options: RunOptions | None = None,
+    name: str | None = None,
+    **settings: Any,
+) -> Connection:
+    """Connect θ_a and θ_b of ``model`` on the given data by each method; write the run to ``out``
+    (a temporary directory when None). ``settings`` are the fields of :class:`ConnectSettings`."""
+    config = ConnectSettings(**settings)
+    task = ConnectTask(model, theta_a, theta_b, train, test, config, name=name)
+    app = Connect(config, "θ_a (in memory)", "θ_b (in memory)", options=options, task=task)
+    return _run(app, out, overwrite, resume)

@@ -1,0 +1,81 @@
+"""The settings of a connection run: one field per ``weightgeo connect`` option.
+
+Enumerated options are checked where the settings are built (an unknown method or metric is one
+line naming the choices). Evaluation settings say how much of the data each evaluated point
+costs: batch-norm statistics are recomputed on ``bn_images`` training images (2,000 by default;
+0 is the whole training set, as Garipov et al. do), the training loss and accuracy are measured on
+``train_eval_images`` of them, and the loss plane is off by default for large networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from weightgeo.applications.connect.methods import DEFAULT_METHODS, METHODS
+from weightgeo.errors import WeightgeoError
+from weightgeo.settings import Settings, setting
+
+LARGE_NETWORK = 5_000_000
+"""Weights above which a network is "large": its loss plane is off unless --plane-grid asks for
+it (VGG16 has 15M weights, the default MLP 266k)."""
+
+PLANE_GRID = 21
+"""Grid points per side of the loss plane of networks up to :data:`LARGE_NETWORK` weights."""
+
+
+@dataclass
+class ConnectSettings(Settings):
+    """What ``weightgeo connect`` does: the methods, their budget and settings, the evaluation."""
+
+    method: tuple[str, ...] = setting(DEFAULT_METHODS, "Comma-separated methods.", choices=METHODS)
+    nodes: int = setting(16, "Interior nodes of the relaxed path.", min=1)
+    budget: int = setting(3000, "Gradient evaluations for each method that trains (traverse, relax, bezier, "
+                          "polychain).", min=1)
+    points: int = setting(61, "Points evaluated along each path, evenly spaced by arc length.", min=3)
+    batch_size: int = setting(128, "Training minibatch of every method that trains.", min=1)
+    task_weight: float = setting(20.0, "relax: weight of the task loss at the nodes against the energy divided "
+                                 "by the straight line's (0: energy only).", min=0)
+    traverse_weight: float = setting(100.0, "traverse: weight of the task loss beside ½||θ − θ_b||² (0: the "
+                                     "target alone).", min=0)
+    train_eval: bool = setting(True, "Also evaluate the training loss and accuracy at every point.")
+    relax_lr: float = setting(1e-3, "Adam learning rate of relax.", above=0)
+    curve_lr: float = setting(0.05, "SGD learning rate of the Bezier and polygonal-chain bends (Garipov: 0.015 "
+                              "for VGG16).", above=0)
+    weight_decay: float = setting(5e-4, "Weight decay on the curve's point w(t) (Bezier, polychain).", min=0)
+    tol: float = setting(0.02, "traverse: distance to θ_b (fraction of ||θ_b − θ_a||) at which the final "
+                         "straight segment starts.", above=0)
+    plane_grid: int | None = setting(None, "Grid points per side of the loss plane picture (0: no picture; "
+                                     f"default: {PLANE_GRID}, or 0 for networks of more than "
+                                     f"{LARGE_NETWORK:,} weights).", min=0)
+    bn_recompute: bool = setting(True, "Recompute batch-norm statistics at each evaluated point "
+                                 "(--no-bn-recompute: keep θ_a's).")
+    bn_images: int = setting(2000, "Training images on which batch-norm statistics are recomputed at each point "
+                             "(0: the whole training set, as Garipov et al.).", min=0)
+    train_eval_images: int = setting(10000, "Training images on which --train-eval measures the loss and "
+                                     "accuracy at each point (0: the whole training set).", min=0)
+    eval_batch: int = setting(1000, "Examples per forward pass of the evaluation.", min=1)
+    eval_points: int = setting(0, "Points evaluated together in one vmapped pass, for networks without batch "
+                               "norm (0: 16 on a GPU, 1 on the CPU, where it does not pay).", min=0)
+    checkpoint_every: int = setting(50, "Save a method's progress every this many steps, for --resume (0: never).",
+                                    min=0)
+    dataset: str | None = setting(None, "Override the checkpoints' data set.")
+    step_size: float | None = setting(0.25, "traverse: ε, the Euclidean length of each step (none: 1% of "
+                                      "||θ_b − θ_a||); its steps follow from --budget.", above=0)
+    damping: float = setting(1e-3, "μ in the damped natural-gradient step (G + μI)^-1 ∇O.", min=0)
+    metric: Literal["output", "fisher", "euclidean"] = setting(
+        "output", "The task metric G: output (JᵀJ on logits), fisher or euclidean.")
+    cg_iters: int = setting(10, "Conjugate-gradient iterations per step.", min=1)
+    metric_batch: int = setting(256, "Inputs over which the metric is averaged at each step.", min=1)
+    seed: int = setting(0, "Random seed (reruns give the same numbers).")
+
+    def check(self) -> None:
+        if self.plane_grid == 1:
+            raise WeightgeoError("--plane-grid must be 0 (no picture) or at least 2, got 1")
+        self.method = tuple(dict.fromkeys(self.method))
+
+    def plane_size(self, weights: int) -> int:
+        """Grid points per side of the loss plane for a network of ``weights`` weights (0: none)."""
+        if self.plane_grid is not None:
+            return self.plane_grid
+        return PLANE_GRID if weights <= LARGE_NETWORK else 0

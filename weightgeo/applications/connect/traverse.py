@@ -1,0 +1,134 @@
+"""traverse as a connection method: the papers' step from θ_a toward θ_b, then a straight end.
+
+A damped natural-gradient walk under the task metric toward O(θ) = ½||θ − θ_b||² plus
+``traverse_weight`` × the task loss on training batches (:class:`TowardNetwork`); once within
+``tol`` of θ_b (or when the budget runs out) a final straight segment ends the path exactly at
+θ_b, recorded as a stage of its own. The path is streamed to ``paths/traverse`` with the walk's
+state at every saved waypoint, so an interrupted run continues it to the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from weightgeo.applications.connect.curves import Polyline
+from weightgeo.applications.connect.task import ConnectTask, MethodResult
+from weightgeo.data.streams import RandomSubsets, Stream
+from weightgeo.objectives import Objective, TargetPoint, TaskLoss
+from weightgeo.paths import Path, traverse
+from weightgeo.stopping import Stop, StopReason
+
+WALK, FINAL = "traverse", "final-segment"
+
+
+class TowardNetwork(Objective):
+    """½||θ − θ_b||² + w · task loss: move to θ_b while the task loss stays low.
+
+    The step limit and the stop test are the target's (no overshoot along a step; done
+    within ``tol``); the task term only bends the route. ``batches`` (the task loss's stream)
+    is saved with the walk's state.
+    """
+
+    def __init__(self, target: TargetPoint, task: TaskLoss | None, weight: float,
+                 batches: Stream | None = None) -> None:
+        self.target, self.task, self.weight, self.batches = target, task, weight, batches
+
+    @property
+    def cost(self) -> int:  # type: ignore[override]
+        return 0 if self.task is None else self.task.cost
+
+    def value(self, theta: Tensor) -> Tensor:
+        value = self.target.value(theta)
+        return value if self.task is None else value + self.weight * self.task.value(theta)
+
+    def value_and_grad(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        value, grad = self.target.value_and_grad(theta)
+        if self.task is not None and self.weight:
+            v, g = self.task.value_and_grad(theta)
+            value, grad = value + self.weight * v, grad + self.weight * g
+        return value, grad
+
+    def step_limit(self, theta: Tensor, step: Tensor) -> Tensor:
+        return self.target.step_limit(theta, step)
+
+    def done(self, theta: Tensor) -> bool:
+        return self.target.done(theta)
+
+    def state_dict(self) -> dict:
+        return {} if self.batches is None else {"batches": self.batches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.batches is not None and "batches" in state:
+            self.batches.load_state_dict(state["batches"])
+
+    def __repr__(self) -> str:
+        return f"TargetPoint + {self.weight:g}·TaskLoss" if self.task is not None else "TargetPoint"
+
+
+def _open_path(task: ConnectTask, save_every: int) -> Path:
+    """The walk's path: the interrupted one in ``paths/traverse`` if there is one, else a new one."""
+    directory = task.directory(WALK)
+    if directory is not None and (directory / "metrics.jsonl").exists():
+        path = Path.load(directory)
+        if not path.finished:
+            return path
+    return Path(task.theta_a, directory=directory, save_every=save_every)
+
+
+def _stage_stop(path: Path, name: str) -> Stop | None:
+    """How stage ``name`` ended, if it has."""
+    for stage in path.stages:
+        if stage["name"] == name and "stop_reason" in stage:
+            return Stop(StopReason(stage["stop_reason"]), int(stage["stop_step"]), stage.get("stop_cause"))
+    return None
+
+
+def _walk(task: ConnectTask, path: Path, step: float, max_steps: int) -> Stop:
+    """The natural-gradient walk (continued where an interrupted run left it); returns its stop."""
+    s = task.settings
+    distance = float((task.theta_b - task.theta_a).norm())  # reporting
+    batches = task.minibatches(offset=1) if s.traverse_weight > 0 else None
+    objective = TowardNetwork(TargetPoint(task.theta_b, tol=s.tol * distance),
+                              None if batches is None else TaskLoss(task.model, batches),
+                              s.traverse_weight, batches)
+    if not path.stages:
+        path.begin_stage(WALK)
+    inputs = RandomSubsets(task.train.x, s.metric_batch, s.seed + 2)
+    traverse(task.space(), objective, step_size=step, max_steps=max_steps - max(0, len(path) - 1), path=path,
+             finish=False, metric_inputs=inputs, budget=s.budget, progress=task.progress)
+    path.flush()
+    path.save_waypoint(len(path) - 1, path.end)  # where the walk stopped is a vertex of the curve
+    return path.last_stop
+
+
+def method_traverse(task: ConnectTask) -> MethodResult:
+    """The papers' damped natural-gradient walk toward θ_b, ended by a straight segment."""
+    s = task.settings
+    distance = float((task.theta_b - task.theta_a).norm())  # reporting
+    step = s.step_size if s.step_size is not None else distance / 100
+    per_step = (0 if s.traverse_weight == 0 else 1) + (0 if s.metric == "euclidean" else s.cg_iters)
+    max_steps = max(1, s.budget // max(1, per_step))
+    path = _open_path(task, save_every=max(1, max_steps // 100))
+    walked = _stage_stop(path, WALK) or _walk(task, path, step, max_steps)
+    final = next((stage for stage in path.stages if stage["name"] == FINAL), None)
+    if final is None:
+        walk_end = path.end
+        remaining = float((task.theta_b - walk_end).norm())  # reporting
+        if remaining > 0:
+            with torch.no_grad():
+                sq = task.space().segment_energies(torch.stack([walk_end, task.theta_b]))
+            path.begin_stage(FINAL)
+            path.append(task.theta_b, metric_length=sq[0].clamp_min(0).sqrt(), euclidean_length=remaining,
+                        grad_evals=path.grad_evals, final_segment=True)
+            path.end_stage("done")
+    else:  # an interrupted run had appended the final segment already
+        walk_end = path.waypoint(final["first_point"] - 1)
+        remaining = float((task.theta_b - walk_end).norm())  # reporting
+        if path.stage_open:
+            path.end_stage("done")
+    path.finish(walked)
+    steps = sum(1 for r in path.records if r.get("stage") == WALK) - 1
+    return MethodResult("traverse", Polyline([w for _, w in path.waypoints()]), path.grad_evals, walked,
+                        path=path, info={"steps": steps, "step_size": step, "final_segment_length": remaining,
+                                         "final_segment_fraction": remaining / distance})
