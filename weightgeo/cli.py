@@ -20,6 +20,7 @@ import sys
 import click
 
 import weightgeo.applications.connect  # noqa: F401 - registers the connect application
+import weightgeo.applications.sparsify  # noqa: F401 - registers the sparsify application
 from weightgeo import __version__
 from weightgeo.applications import APPLICATIONS, find_application
 from weightgeo.applications.base import Diverged
@@ -27,8 +28,6 @@ from weightgeo.commands.continual import continual
 from weightgeo.commands.demo import demo
 from weightgeo.commands.evaluate import evaluate
 from weightgeo.commands.generated import application_command
-from weightgeo.commands.sparsify import sparsify
-from weightgeo.commands.train import train
 from weightgeo.errors import WeightgeoError
 
 
@@ -59,11 +58,9 @@ def cli(debug: bool) -> None:
     """
 
 
-cli.add_command(train)
 cli.add_command(demo)
 cli.add_command(evaluate)
 cli.add_command(continual)
-cli.add_command(sparsify)
 
 
 def _os_error(err: OSError) -> str:
@@ -90,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"Error: {err}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
-        click.echo("Aborted: what was written so far is kept; rerun with --resume to continue.", err=True)
+        click.echo("Interrupted: what was written so far is kept; rerun with --resume to continue.", err=True)
         sys.exit(130)
     except click.ClickException as err:
         click.echo(f"Error: {err.format_message()}", err=True)

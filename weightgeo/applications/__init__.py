@@ -24,9 +24,10 @@ from weightgeo.applications.objective import (
     TraceSettings,
     objective_application,
 )
+from weightgeo.applications.train import Train, TrainSettings, train_model
 
 __all__ = [
     "APPLICATIONS", "TRACE_METHODS", "Application", "Diverged", "ObjectiveApplication", "Outcome",
     "RunOptions", "Task", "TraceSettings", "Unit", "find_application", "objective_application",
-    "register_application", "run", "run_application",
+    "register_application", "run", "run_application", "Train", "TrainSettings", "train_model",
 ]

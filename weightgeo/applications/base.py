@@ -92,6 +92,11 @@ class Application(ABC):
         return {"application": self.name, "inputs": {k: str(v) for k, v in self.inputs.items()},
                 "settings": self.settings.as_dict()}
 
+    def check(self) -> None:
+        """Refuse bad inputs (a model that does not fit its data …) before the run directory is
+        touched; may load what :meth:`prepare` needs. Called first by :func:`run_application`."""
+        return None
+
     def prepare(self, run: RunDirectory) -> None:
         """Load what every unit needs (models, data); called once before the units."""
         return None
@@ -154,6 +159,7 @@ def run_application(app: Application, out: str | Path, *, overwrite: bool = Fals
         The :class:`Outcome`. Non-finite results do not raise here; callers that want an
         error (the CLI) check ``outcome.diverged``.
     """
+    app.check()
     run = RunDirectory.open(out, overwrite=overwrite, resume=resume, config=app.config())
     app.prepare(run)
     app.done = run.completed() if resume else {}
