@@ -11,25 +11,85 @@ in eval mode: dropout is off and batch norm uses its running statistics, so
 products with torch.func transforms never update buffers and never fail on
 train-mode batch norm. Buffers can be passed explicitly (for instance batch-norm
 statistics recomputed at a new point, as mode-connectivity evaluation does).
+
+Outputs. A model whose forward returns a tuple, a dict or an object (``.logits``) is
+given an ``output=`` selector — a key, an attribute name, an index or a callable — that
+picks the logits; every metric and tracer evaluates the network through this class, so
+all of them honour it.
+
+Kernels for transforms. Fused kernels lack some derivatives: the fused attention of
+``F.scaled_dot_product_attention`` (flash/efficient, CPU and CUDA) has neither a
+forward-mode formula nor a second derivative, and cuDNN's RNNs have no second derivative.
+:meth:`FunctionalModel.higher_derivatives` is the context in which the transforms that need
+them (forward mode, double backward) run the network on the math attention (and, on CUDA,
+without cuDNN for a network with RNNs); plain forward and backward passes (training,
+evaluation) keep the fused kernels.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
 
 from weightgeo.errors import WeightgeoError
+from weightgeo.kernels import higher_derivatives
+
+__all__ = ["FunctionalModel", "OutputSelector", "StackedModel", "as_functional", "higher_derivatives",
+           "mask_logits", "select_output"]
+
+OutputSelector = str | int | Callable[[Any], Tensor] | None
+"""What picks the logits from a model's output: a key or attribute name, an index, a callable."""
+
+
+def select_output(output: Any, selector: OutputSelector) -> Tensor:
+    """The logits inside ``output`` picked by ``selector`` (None: the output itself).
+
+    A string is a mapping key (a dict, a Hugging Face ``ModelOutput``) or else an attribute
+    name (``"logits"``); an integer indexes a tuple or list; a callable gets the output.
+
+    Raises:
+        WeightgeoError: the selector finds nothing, or what it picks (or the output, without a
+            selector) is not a tensor.
+    """
+    if selector is None:
+        value = output
+    elif callable(selector):
+        value = selector(output)
+    elif isinstance(selector, int) and isinstance(output, tuple | list):
+        if not -len(output) <= selector < len(output):
+            raise WeightgeoError(f"output={selector}: the model returns {len(output)} values")
+        value = output[selector]
+    elif isinstance(selector, str) and isinstance(output, Mapping) and selector in output:
+        value = output[selector]
+    elif isinstance(selector, str) and hasattr(output, selector):
+        value = getattr(output, selector)
+    else:
+        raise WeightgeoError(f"output={selector!r}: the model's output, a {type(output).__name__}, "
+                             "has no such key, attribute or index")
+    if not isinstance(value, Tensor):
+        if selector is None:
+            raise WeightgeoError(
+                f"the model returns a {type(output).__name__}, not a tensor of logits: pick them with "
+                "FunctionalModel(model, output=...) (a key or attribute such as 'logits', an index, "
+                "or a callable)")
+        raise WeightgeoError(f"output={selector!r} picks a {type(value).__name__}, not a tensor of logits")
+    return value
 
 
 class FunctionalModel:
     """A model seen as the pure function ``(θ, x) -> logits``.
 
     Args:
-        model: any ``nn.Module``; it is copied (``copy.deepcopy``) and never mutated.
+        model: any ``nn.Module``; it is copied (``copy.deepcopy``) and never mutated. Another
+            FunctionalModel shares its copy (with ``output`` replaced if given).
+        output: what picks the logits when the forward returns a tuple, a dict or an object
+            (:func:`select_output`): a key or attribute name (``"logits"``), an index or a
+            callable. None: the forward returns the logits tensor.
 
     Attributes:
         names, shapes, numels: the trainable parameters, in ``model.parameters()`` order.
@@ -38,10 +98,13 @@ class FunctionalModel:
         buffers: the module's buffers (batch-norm running statistics), by name.
     """
 
-    def __init__(self, model: nn.Module | FunctionalModel) -> None:
+    def __init__(self, model: nn.Module | FunctionalModel, output: OutputSelector = None) -> None:
         if isinstance(model, FunctionalModel):  # share the other's private copy
             self.__dict__.update(model.__dict__)
+            if output is not None:
+                self.output, self._stacked = output, None
             return
+        self.output: OutputSelector = output
         self.module: nn.Module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -123,7 +186,12 @@ class FunctionalModel:
         """Logits f(x; θ) in eval mode (no buffer is updated)."""
         params = self.unflatten(theta)
         state = {**self.frozen, **(self.buffers if buffers is None else buffers), **params}
-        return functional_call(self.module, state, (x,))
+        return select_output(functional_call(self.module, state, (x,)), self.output)
+
+    def higher_derivatives(self):
+        """The context for transforms that need forward-mode or second derivatives of the network
+        (:func:`higher_derivatives`): math attention, and no cuDNN for its RNNs on CUDA."""
+        return higher_derivatives(self.module)
 
     def train_call(self, theta: Tensor, x: Tensor, buffers: Mapping[str, Tensor]) -> Tensor:
         """Logits in train mode (batch statistics, dropout on), updating ``buffers`` in place.
@@ -134,7 +202,8 @@ class FunctionalModel:
         params = self.unflatten(theta)
         self.module.train()
         try:
-            return functional_call(self.module, {**self.frozen, **buffers, **params}, (x,))
+            return select_output(functional_call(self.module, {**self.frozen, **buffers, **params}, (x,)),
+                                 self.output)
         finally:
             self.module.eval()
 
@@ -218,7 +287,8 @@ class StackedModel:
         """Logits at one θ (batch statistics for batch norm)."""
         m = self.model
         params = {n: chunk.view(s) for n, chunk, s in zip(m.names, theta.split(m.numels), m.shapes, strict=True)}
-        return functional_call(self.module, {**self.frozen, **self.module_buffers, **params}, (x,))
+        out = functional_call(self.module, {**self.frozen, **self.module_buffers, **params}, (x,))
+        return select_output(out, m.output)
 
     def __call__(self, stack: Tensor, x: Tensor) -> Tensor:
         """Logits at every row of ``stack`` (N×n): N×B×C, in one batched pass.
@@ -229,10 +299,12 @@ class StackedModel:
         last = self._last
         if last is not None and last[0] is stack and last[1] is x:
             return last[2]
-        out = self.batched(stack, x)
+        with self.model.higher_derivatives():  # vmap: no fused fast path, exact normalisation
+            out = self.batched(stack, x)
         self._last = (stack, x, out)
         return out
 
     def loop(self, stack: Tensor, x: Tensor) -> Tensor:
         """The same as ``__call__`` with a Python loop over the rows (the benchmark's reference)."""
-        return torch.stack([self.single(theta, x) for theta in stack.unbind(0)])
+        with self.model.higher_derivatives():
+            return torch.stack([self.single(theta, x) for theta in stack.unbind(0)])

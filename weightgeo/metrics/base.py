@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 
 from weightgeo.errors import WeightgeoError
+from weightgeo.kernels import higher_derivatives
+from weightgeo.metrics.derivatives import explain_missing_derivatives
 
 
 class Solution(NamedTuple):
@@ -113,7 +115,8 @@ class MetricOperator:
     def __matmul__(self, v: Tensor) -> Tensor:
         if v.dim() == 2:
             return torch.stack([self @ column for column in v.unbind(1)], dim=1)
-        return self.metric.mvp(self.theta, v)
+        with self.metric.higher_derivatives():  # a user's mvp may differentiate the network
+            return self.metric.mvp(self.theta, v)
 
     def inner(self, u: Tensor, v: Tensor | None = None) -> Tensor:
         """g_θ(u, v) = uᵀ G v (v defaults to u)."""
@@ -138,8 +141,11 @@ class MetricOperator:
         """
         metric, theta = self.metric, self.theta.detach()
         v = v.detach()
-        gv, dgv = torch.func.jvp(lambda t: metric.mvp(t, v), (theta,), (v,))
-        grad_quadratic = torch.func.grad(lambda t: v @ metric.mvp(t, v))(theta)
+        with metric.higher_derivatives(), explain_missing_derivatives(
+                f"the geodesic force of {type(metric).__name__} (shoot, expmap) needs",
+                "trace with traverse or relax instead"):
+            gv, dgv = torch.func.jvp(lambda t: metric.mvp(t, v), (theta,), (v,))
+            grad_quadratic = torch.func.grad(lambda t: v @ metric.mvp(t, v))(theta)
         return dgv - 0.5 * grad_quadratic, v @ gv, 3 * self.product_cost
 
     def dense(self) -> Tensor:
@@ -178,7 +184,16 @@ class Metric(ABC):
         """
         diff = points[1:] - points[:-1]
         middle = 0.5 * (points[1:] + points[:-1])
-        return torch.stack([d @ self.mvp(m, d) for d, m in zip(diff.unbind(0), middle.unbind(0), strict=True)])
+        with self.higher_derivatives():  # relax differentiates the products in θ
+            pairs = zip(diff.unbind(0), middle.unbind(0), strict=True)
+            return torch.stack([d @ self.mvp(m, d) for d, m in pairs])
+
+    def higher_derivatives(self):
+        """The context in which this metric's products are differentiated (forward mode, second
+        order): the network's own (``FunctionalModel.higher_derivatives``) when the metric has a
+        ``model``, else the math attention kernel for any network its ``mvp`` runs."""
+        model = getattr(self, "model", None)
+        return model.higher_derivatives() if hasattr(model, "higher_derivatives") else higher_derivatives()
 
     def energy_cost(self, segments: int) -> int:
         """Gradient evaluations of one :meth:`segment_energies` call over ``segments`` segments

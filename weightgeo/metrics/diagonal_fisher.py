@@ -3,7 +3,8 @@
 diag G = (1/B) Σ_x Σ_c p_c(x) (∂ log p_c(x)/∂θ)², because
 diag p − p pᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ and J_xᵀ (e_c − p) = ∇_θ log p_c(x).
 With ``targets`` it is the empirical Fisher's diagonal (1/B) Σ_x (∂ log p_y(x)/∂θ)².
-Per-example, per-class gradients come from ``torch.func.vmap`` over ``jacrev``.
+Per-example, per-class gradients come from ``torch.func.vmap`` over ``jacrev``; a network
+that vmap cannot batch (RNNs) takes a loop over examples instead (same numbers, slower).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch.func import jacrev, vmap
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
 from weightgeo.metrics.base import Metric, MetricOperator, Solution
+from weightgeo.metrics.derivatives import explain_missing_derivatives
 
 
 class DiagonalOperator(MetricOperator):
@@ -72,32 +74,64 @@ class DiagonalFisher(Metric):
         self.inputs = inputs
         self.targets = targets
         self.chunk_size = chunk_size
+        self.vectorised = True
+        """Per-example gradients by vmap (False once vmap failed on this network: a loop)."""
 
     def with_inputs(self, inputs: Tensor, targets: Tensor | None = None) -> DiagonalFisher:
         if self.targets is not None and targets is None:
             raise WeightgeoError("an empirical DiagonalFisher needs targets for its new inputs")
-        return DiagonalFisher(self.model, inputs, targets, self.chunk_size)
+        other = DiagonalFisher(self.model, inputs, targets, self.chunk_size)
+        other.vectorised = self.vectorised
+        return other
 
     def diagonal(self, theta: Tensor) -> Tensor:
         """diag G(θ), computed in chunks of examples."""
         theta = theta.detach()
-        model = self.model
-
-        def log_probs(t: Tensor, x: Tensor) -> Tensor:
-            return model(t, x.unsqueeze(0)).log_softmax(dim=-1)[0]
-
-        per_example = vmap(jacrev(log_probs), in_dims=(None, 0))
         total = torch.zeros_like(theta)
         for start in range(0, self.inputs.shape[0], self.chunk_size):
             x = self.inputs[start : start + self.chunk_size]
-            grads = per_example(theta, x)  # chunk × C × n: ∇ log p_c(x)
-            if self.targets is None:
-                p = model(theta, x).softmax(dim=-1)
-                total += torch.einsum("bc,bcn->n", p, grads.square())
-            else:
-                y = self.targets[start : start + self.chunk_size]
-                total += grads[torch.arange(len(y), device=y.device), y].square().sum(0)
+            y = None if self.targets is None else self.targets[start : start + self.chunk_size]
+            with explain_missing_derivatives("DiagonalFisher's per-example gradients need",
+                                             "use the output or fisher metric instead"):
+                total += self._chunk(theta, x, y)
         return total / self.inputs.shape[0]
+
+    def _chunk(self, theta: Tensor, x: Tensor, y: Tensor | None) -> Tensor:
+        """Σ_x Σ_c p_c(x) (∂ log p_c(x)/∂θ)² over a chunk (Σ_x (∂ log p_y(x)/∂θ)² with targets)."""
+        if self.vectorised:
+            try:
+                return self._vectorised_chunk(theta, x, y)
+            except RuntimeError:
+                # vmap cannot batch every network (no batching rule for aten::gru and
+                # aten::lstm): per-example gradients by a loop give the same numbers, slower.
+                self.vectorised = False
+        return self._looped_chunk(theta, x, y)
+
+    def _vectorised_chunk(self, theta: Tensor, x: Tensor, y: Tensor | None) -> Tensor:
+        model = self.model
+
+        def log_probs(t: Tensor, example: Tensor) -> Tensor:
+            return model(t, example.unsqueeze(0)).log_softmax(dim=-1)[0]
+
+        with model.higher_derivatives():  # vmap batches the math attention, not the fused kernels
+            grads = vmap(jacrev(log_probs), in_dims=(None, 0))(theta, x)  # chunk × C × n
+        if y is None:
+            return torch.einsum("bc,bcn->n", model(theta, x).softmax(dim=-1), grads.square())
+        return grads[torch.arange(len(y), device=y.device), y].square().sum(0)
+
+    def _looped_chunk(self, theta: Tensor, x: Tensor, y: Tensor | None) -> Tensor:
+        """One forward pass per example and one backward pass per class (per target)."""
+        total = torch.zeros_like(theta)
+        for i in range(x.shape[0]):
+            point = theta.clone().requires_grad_(True)
+            with torch.enable_grad():
+                log_p = self.model(point, x[i : i + 1]).log_softmax(dim=-1)[0]
+            classes = log_p.shape[0] if y is None else 1
+            for c in range(classes):
+                chosen = log_p[c] if y is None else log_p[y[i]]
+                (grad,) = torch.autograd.grad(chosen, point, retain_graph=c < classes - 1)
+                total += grad.square() * (log_p[c].detach().exp() if y is None else 1.0)
+        return total
 
     def at(self, theta: Tensor) -> DiagonalOperator:
         diag = self.diagonal(theta)

@@ -15,6 +15,15 @@ f(x; θ) and f(x; θ') that equals Δθᵀ G Δθ to second order (:meth:`Pullba
 evaluated for all points at once (``FunctionalModel.stacked``). The geodesic
 force is (1/B) Jᵀ (H d²f[v, v] + ½ dH[Jv] Jv), a jvp of a jvp and one vjp of the recorded
 linearisation.
+
+Derivatives. The linearisation needs second derivatives of every operation, the dual-number
+product and the geodesic force forward-mode ones: these transforms run the network in
+``FunctionalModel.higher_derivatives`` (the math attention kernel instead of the fused ones,
+which have neither). An operation without a forward-mode formula sends ``mvp`` to the
+linearisation (the one fallback: it needs only second derivatives, at about 1.5× the cost);
+an operation without the derivative a transform needs is one WeightgeoError naming it. The
+first product of each linearisation checks ⟨u, J v⟩ = ⟨Jᵀu, v⟩, which catches a backward that
+PyTorch differentiates silently as a constant (``@once_differentiable`` under torch.func).
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ from torch.func import jvp, vjp
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
 from weightgeo.metrics.base import Metric, MetricOperator
+from weightgeo.metrics.derivatives import explain_missing_derivatives, lacks_forward_mode
+
+FIRST_ORDER_WAY_OUT = "use a metric that needs only first derivatives (diag-fisher, euclidean)"
 
 
 class PullbackOperator(MetricOperator):
@@ -39,14 +51,19 @@ class PullbackOperator(MetricOperator):
         metric.model.check(theta)
         theta = theta.detach()
         inputs = metric.inputs
-        self.logits, self._pullback = vjp(lambda t: metric.model(t, inputs), theta)
-        zeros = torch.zeros_like(self.logits)
-        # u ↦ Jᵀu is linear, so its own vjp at any u is v ↦ J v.
-        _, self._pushforward = vjp(lambda u: self._pullback(u)[0], zeros)
+        with metric.model.higher_derivatives(), explain_missing_derivatives(
+                f"{type(metric).__name__}'s products need", FIRST_ORDER_WAY_OUT):  # a first-order fault
+            self.logits, self._pullback = vjp(lambda t: metric.model(t, inputs), theta)
+            zeros = torch.zeros_like(self.logits)
+            # u ↦ Jᵀu is linear, so its own vjp at any u is v ↦ J v.
+            _, self._pushforward = vjp(lambda u: self._pullback(u)[0], zeros)
+        self.adjoint_checked = False
 
     def jvp(self, v: Tensor) -> Tensor:
-        """J v: the change of the logits (B×C) caused by the weight change v."""
-        return self._pushforward(v)[0]
+        """J v: the change of the logits (B×C) caused by the weight change v (the vjp of the
+        recorded vjp: second derivatives of the network)."""
+        with explain_missing_derivatives(f"{type(self.metric).__name__}'s products need", FIRST_ORDER_WAY_OUT):
+            return self._pushforward(v)[0]
 
     def vjp(self, u: Tensor) -> Tensor:
         """Jᵀ u for a cotangent u on the logits (B×C)."""
@@ -57,7 +74,25 @@ class PullbackOperator(MetricOperator):
             return super().__matmul__(v)
         metric: PullbackMetric = self.metric  # type: ignore[assignment]
         jv = self.jvp(v)
-        return self.vjp(metric.output_product(self.logits, jv)) / jv.shape[0]
+        u = metric.output_product(self.logits, jv)
+        product = self.vjp(u)
+        if not self.adjoint_checked:
+            self.check_adjoint(v, jv, u, product)
+        return product / jv.shape[0]
+
+    def check_adjoint(self, v: Tensor, jv: Tensor, u: Tensor, jtu: Tensor) -> None:
+        """Raise unless ⟨u, J v⟩ = ⟨Jᵀu, v⟩: J v comes from second derivatives, Jᵀu from first ones,
+        so a backward differentiated as a constant shows here (one host sync per linearisation)."""
+        self.adjoint_checked = True
+        second, first = (u * jv).sum(), jtu @ v
+        eps = torch.finfo(v.dtype).eps
+        tolerance = min(0.5, max(1e-6, 1e5 * eps)) * torch.maximum(second.abs(), first.abs())
+        if bool((second - first).abs() > tolerance):  # a check: one host sync per linearisation
+            raise WeightgeoError(
+                f"{type(self.metric).__name__}'s products: the network's second derivatives disagree "
+                f"with its first (<u, Jv> = {float(second):.6g}, <J^T u, v> = {float(first):.6g}): an "
+                "operation's backward is not differentiable (a custom autograd.Function with "
+                f"@once_differentiable?); {FIRST_ORDER_WAY_OUT}, or make that backward differentiable")
 
     def geodesic_force(self, v: Tensor) -> tuple[Tensor, Tensor, int]:
         """(1/B) Jᵀ (H d²f[v, v] + ½ dH[Jv] Jv), vᵀGv and its cost (≈ 3 gradient evaluations)."""
@@ -68,7 +103,9 @@ class PullbackOperator(MetricOperator):
         def directional(t: Tensor) -> Tensor:
             return jvp(lambda u: model(u, inputs), (t,), (v,))[1]
 
-        jv, d2 = jvp(directional, (theta,), (v,))  # J v and the second directional derivative
+        with model.higher_derivatives(), explain_missing_derivatives(
+                "the geodesic force (shoot, expmap) needs", "trace with traverse or relax instead"):
+            jv, d2 = jvp(directional, (theta,), (v,))  # J v and the second directional derivative
         _, dh = jvp(lambda out: metric.output_product(out, jv), (self.logits,), (jv,))
         batch = jv.shape[0]
         force = self.vjp(metric.output_product(self.logits, d2) + 0.5 * dh) / batch
@@ -114,15 +151,24 @@ class PullbackMetric(Metric):
         return PullbackOperator(self, theta)
 
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
-        """G(θ) v from scratch: one dual-number forward pass and one backward pass."""
+        """G(θ) v from scratch: one dual-number forward pass and one backward pass.
+
+        A network with an operation that has no forward-mode formula (or whose output lost the
+        tangent) takes the linearisation's route instead, which needs only second derivatives.
+        """
         if v.dim() != 1:
             return self.at(theta) @ v
         try:
-            return self._single_product(theta, v)
-        except (RuntimeError, NotImplementedError):  # an operation without forward-mode AD
-            return self.at(theta) @ v
+            with self.model.higher_derivatives():
+                product = self._single_product(theta, v)
+        except (RuntimeError, NotImplementedError) as error:
+            if not lacks_forward_mode(error):
+                raise
+            product = None
+        return self.at(theta) @ v if product is None else product
 
-    def _single_product(self, theta: Tensor, v: Tensor) -> Tensor:
+    def _single_product(self, theta: Tensor, v: Tensor) -> Tensor | None:
+        """G(θ) v by dual numbers, or None when the output carries no tangent."""
         self.model.check(theta)
         point = theta.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -130,7 +176,7 @@ class PullbackMetric(Metric):
                 dual = self.model(fwAD.make_dual(point, v.detach()), self.inputs)
                 primal, tangent = fwAD.unpack_dual(dual)
                 if tangent is None:
-                    raise RuntimeError("the forward pass lost its tangent")
+                    return None
                 tangent = tangent.detach()
             # The backward pass runs outside the dual level, so it carries no tangents.
             cotangent = self.output_product(primal.detach(), tangent) / primal.shape[0]

@@ -1,0 +1,147 @@
+"""The kernels on which transforms that need higher derivatives run the network.
+
+Some fused kernels lack derivatives that the metrics' transforms need (forward mode for the
+dual-number product and the geodesic force, second order for the linearisation):
+
+- the fused attention of ``F.scaled_dot_product_attention`` (flash and memory-efficient, CPU
+  and CUDA) has neither a forward-mode formula nor a second derivative, and the fused fast path
+  of ``nn.TransformerEncoderLayer``/``nn.MultiheadAttention`` (taken in eval mode when nothing
+  requires grad, as under ``torch.func.jvp``) has no derivative at all;
+- the forward-mode formulas of layer, instance and batch-statistics normalisation are right to
+  first order but wrong when differentiated again (jvp of jvp, grad of jvp: PyTorch 2.14 gives
+  d²f[v, v] off by 10–100 %), and ``embedding_bag`` has neither forward mode nor a second
+  derivative;
+- cuDNN's RNNs (CUDA) have no second derivative.
+
+:func:`higher_derivatives` is the context that routes around them: the math attention, no
+fast path, those normalisations and bags in elementary operations (:class:`ElementaryForms`),
+and for a network with RNNs on CUDA the native RNN. Outside it nothing changes, so training and
+evaluation keep the fused kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
+
+
+@contextmanager
+def higher_derivatives(module: nn.Module | None = None) -> Iterator[None]:
+    """Run ``module`` on kernels that have forward-mode and second derivatives.
+
+    The math attention, no fused fast path of the transformer layers, normalisation and bags
+    of embeddings in elementary operations, and, for a network with RNNs on CUDA, the native
+    RNN instead of cuDNN's (other layers keep cuDNN). Outside this context nothing changes.
+
+    Args:
+        module: the network (only to find RNNs on CUDA); None for any network.
+    """
+    with ExitStack() as stack:
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        stack.enter_context(_attention_fast_path_disabled())
+        stack.enter_context(ElementaryForms())
+        if module is not None and _has_cuda_rnn(module):
+            stack.enter_context(_cudnn_disabled())
+        yield
+
+
+def _standardise(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
+    """(x − mean) / √(var + eps) over ``dims`` (biased variance), in elementary operations."""
+    centred = x - x.mean(dims, keepdim=True)
+    return centred * torch.rsqrt(centred.square().mean(dims, keepdim=True) + eps)
+
+
+def _scale_shift(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """y·weight + bias with per-channel parameters (dimension 1 of y)."""
+    shape = (1, -1) + (1,) * (y.dim() - 2)
+    y = y if weight is None else y * weight.view(shape)
+    return y if bias is None else y + bias.view(shape)
+
+
+def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    y = _standardise(input, tuple(range(-len(normalized_shape), 0)), eps)
+    y = y if weight is None else y * weight
+    return y if bias is None else y + bias
+
+
+def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                   use_input_stats=True, momentum=0.1, eps=1e-5):
+    if not use_input_stats or running_mean is not None or running_var is not None:
+        return NotImplemented  # running statistics: affine in the input, or updated in place
+    return _scale_shift(_standardise(input, tuple(range(2, input.dim())), eps), weight, bias)
+
+
+def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+                momentum=0.1, eps=1e-5):
+    if not training or running_mean is not None or running_var is not None:
+        return NotImplemented  # running statistics: affine in the input, or updated in place
+    dims = (0, *range(2, input.dim()))
+    return _scale_shift(_standardise(input, dims, eps), weight, bias)
+
+
+def _embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2, scale_grad_by_freq=False,
+                   mode="mean", sparse=False, per_sample_weights=None, include_last_offset=False,
+                   padding_idx=None):
+    if input.dim() != 2 or max_norm is not None or padding_idx is not None or (
+            per_sample_weights is not None and mode != "sum"):
+        return NotImplemented  # bags given by offsets, renormalised or padded rows: as they are
+    rows = F.embedding(input, weight)  # B × L × d
+    if per_sample_weights is not None:
+        rows = rows * per_sample_weights.unsqueeze(-1)
+    return {"sum": rows.sum(1), "mean": rows.mean(1), "max": rows.amax(1)}[mode]
+
+
+class ElementaryForms(TorchFunctionMode):
+    """Normalisation and bags of embeddings in elementary operations.
+
+    PyTorch's fused layer, instance and batch-statistics normalisation have forward-mode
+    formulas that are wrong when differentiated a second time, and ``embedding_bag`` has
+    neither a forward-mode formula nor a second derivative; the elementary forms have exact
+    derivatives of every order. Normalisation by running statistics (affine in its input),
+    bags given by offsets and anything else run unchanged.
+    """
+
+    RULES: dict[Callable, Callable] = {
+        F.layer_norm: _layer_norm, F.instance_norm: _instance_norm, F.batch_norm: _batch_norm,
+        F.embedding_bag: _embedding_bag}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        rule = self.RULES.get(func)
+        if rule is not None:
+            out = rule(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        return func(*args, **kwargs)
+
+
+def _has_cuda_rnn(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.RNNBase) and any(p.is_cuda for p in m.parameters())
+               for m in module.modules())
+
+
+@contextmanager
+def _attention_fast_path_disabled() -> Iterator[None]:
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+@contextmanager
+def _cudnn_disabled() -> Iterator[None]:
+    """cuDNN off (only that flag: benchmark, determinism and TF32 settings are left alone)."""
+    before = torch.backends.cudnn.enabled
+    torch.backends.cudnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.enabled = before
