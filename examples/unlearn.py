@@ -1,4 +1,4 @@
-"""Unlearning: forget one class of the training set while keeping the others."""
+from typing import Annotated
 
 import torch.nn.functional as F
 
@@ -6,7 +6,7 @@ import weightgeo as wg
 
 
 class ForgetSet(wg.Objective):
-    """O(θ) = −mean cross-entropy on the forget set; done once its accuracy is at most `level`."""
+    """O(θ) = −cross-entropy on the forget set; done once its accuracy is at most `level`."""
 
     cost = 1  # one gradient of the network per evaluation
 
@@ -24,11 +24,7 @@ class ForgetSet(wg.Objective):
 
 
 @wg.objective_application("unlearn")
-def unlearn(task: wg.Task, forget_class: int = 0) -> wg.Objective:
-    """Forget one class while keeping the others (the metric is estimated on the kept inputs).
-
-    Args:
-        forget_class: the label of the class to forget.
-    """
+def unlearn(task: wg.Task, forget_class: Annotated[int, "the label of the class to forget"] = 0) -> wg.Objective:
+    """Forget one class while keeping the others (the metric is estimated on the kept inputs)."""
     task.keep(task.train.subset(task.train.y != forget_class))
     return ForgetSet(task.model, task.train.subset(task.train.y == forget_class))

@@ -97,3 +97,11 @@ def test_the_unlearning_example_runs_from_python_and_from_the_cli(mnist5k_mlps, 
 
 def _csv_row(path: Path, method: str) -> str:
     return next(line for line in path.read_text().splitlines() if line.startswith(method + ","))
+
+
+def test_the_readme_shows_the_example_exactly_as_it_runs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Adding an application", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert block == EXAMPLE.read_text()
+    assert len(block.strip().splitlines()) <= 30  # an Objective plus its registration in at most 30 lines

@@ -205,20 +205,25 @@ def objective_application(name: str) -> Callable[[Callable[..., Objective]], Cal
     """Register ``factory(task, **settings) -> Objective`` as the application ``name``.
 
     The factory's keyword parameters (with defaults and type hints: bool, int, float, str,
-    Literal) become settings and command-line options. Returns the factory unchanged, with the
+    Literal) become settings and command-line options; their help is the text of an
+    ``Annotated[int, "help"]`` hint or of the docstring's ``Args:`` section. Returns the factory unchanged, with the
     application class as its ``application`` attribute.
     """
 
     def decorate(factory: Callable[..., Objective]) -> Callable[..., Objective]:
         signature = inspect.signature(factory)
-        hints = typing.get_type_hints(factory)
+        hints = typing.get_type_hints(factory, include_extras=True)
         helps = _parameter_help(factory.__doc__)
         own = []
         for parameter in list(signature.parameters.values())[1:]:
             if parameter.default is inspect.Parameter.empty:
                 raise WeightgeoError(f"{name}: the factory's parameter {parameter.name!r} needs a default")
-            own.append((parameter.name, hints.get(parameter.name, type(parameter.default)),
-                        setting(parameter.default, helps.get(parameter.name, ""))))
+            hint = hints.get(parameter.name, type(parameter.default))
+            text = helps.get(parameter.name, "")
+            if typing.get_origin(hint) is typing.Annotated:  # Annotated[int, "its help"]
+                hint, *extras = typing.get_args(hint)
+                text = text or " ".join(e for e in extras if isinstance(e, str))
+            own.append((parameter.name, hint, setting(parameter.default, text)))
         settings_type = dataclasses.make_dataclass(f"{factory.__name__.title()}Settings", own,
                                                    bases=(TraceSettings,))
         settings_type.__module__ = factory.__module__
