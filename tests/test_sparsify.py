@@ -1,15 +1,20 @@
-"""Sparsification: methods within budget and exactly sparse, the metric projection, sparse
-checkpoints that stay sparse, the torch.nn.utils.prune export, and the CLI end to end."""
+"""Sparsification: methods within budget and exactly sparse, sparse checkpoints that stay sparse,
+the torch.nn.utils.prune export, and the CLI end to end (with divergence and --resume after
+kill -9). The metric projection's own tests are in test_weight_space_projection.py."""
 
 from __future__ import annotations
 
 import csv
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
 from weightgeo.applications.sparsify import (
     METHODS,
@@ -20,7 +25,6 @@ from weightgeo.applications.sparsify import (
     stage_levels,
     to_pruned_module,
 )
-from weightgeo.applications.sparsify.methods import metric_projection
 from weightgeo.cli import cli, main
 from weightgeo.data import Data, load_dataset
 from weightgeo.data.testing import fake_cifar_checksums, write_fake_cifar
@@ -30,6 +34,7 @@ from weightgeo.metrics import OutputMetric
 from weightgeo.models import build_model, load_checkpoint
 from weightgeo.objectives import TargetPoint
 from weightgeo.objectives.sparsity import keep_mask, measured_sparsity
+from weightgeo.paths import Path as WeightPath
 from weightgeo.paths import traverse
 from weightgeo.training import evaluate
 from weightgeo.workflows import train_model
@@ -81,34 +86,6 @@ def test_stage_levels_insert_gradual_stages() -> None:
     assert [r for _, r in stages if r is not None] == [0.5, 0.98]
     densities = [1.0] + [1 - s for s in levels]
     assert all(a / b <= 2.2 + 1e-9 for a, b in zip(densities, densities[1:]))
-
-
-@pytest.mark.parametrize("damping", [0.0, 0.3])
-def test_metric_projection_is_the_constrained_least_squares_step(damping: float) -> None:
-    """d_K = (G_KK + μI)^{-1} G_KP θ_P, d_P = −θ_P, and the reported squared length is dθᵀ G dθ."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-    fm = FunctionalModel(model)
-    x = torch.randn(40, 4, dtype=torch.float64)
-    space = WeightSpace(fm, OutputMetric(fm, x), cg_tol=1e-14)
-    theta = fm.theta()
-    keep = theta.abs() > theta.abs().median()
-    new, products, metric_sq = metric_projection(space, theta, keep, damping=damping, cg_iters=200)
-    G = space.operator(theta).dense()
-    K, P = keep, ~keep
-    eye = torch.eye(int(K.sum()), dtype=theta.dtype)
-    expected_k = theta[K] + torch.linalg.solve(G[K][:, K] + damping * eye, G[K][:, P] @ theta[P])
-    assert torch.equal(new[P], torch.zeros_like(new[P]))
-    assert torch.allclose(new[K], expected_k, rtol=1e-8, atol=1e-10)
-    assert not torch.allclose(new[K], theta[K], rtol=0, atol=1e-2)  # the kept weights compensate
-    step = new - theta
-    assert torch.allclose(metric_sq, step @ G @ step, rtol=1e-8, atol=1e-12)
-    # the least metric length among steps onto the hyperplane: magnitude pruning moves farther
-    magnitude = theta * keep - theta
-    assert float(step @ G @ step) < float(magnitude @ G @ magnitude)
-    assert 2 <= products <= 201  # G r, then the CG products
-    _, capped, _ = metric_projection(space, theta, keep, damping=damping, cg_iters=3)
-    assert capped == 4
 
 
 def test_sparse_checkpoint_reloads_sparse_and_stays_sparse_through_a_traversal(tmp_path: Path) -> None:
@@ -270,3 +247,103 @@ def test_geodesic_under_every_metric_is_exact_and_within_budget(metric: str) -> 
             zeros = int(((r.theta == 0) & task.eligible).sum())
             assert zeros == round(r.sparsity * int(task.eligible.sum()))
             assert r.grad_evals <= budget
+
+
+def test_diverging_methods_exit_3_with_one_line_each_and_the_other_rows_written(tiny_checkpoint, tmp_path,
+                                                                                  capsys) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["sparsify", str(tiny_checkpoint), "--sparsity", "0.5,0.9", "--method",
+              "fip,magnitude,magnitude-finetune", "--budget", "12", "--fip-lr", "1e30", "--lr-finetune", "1e30",
+              "--device", "cpu", "--out", str(out)])
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 2, err  # one line per method, not per result
+    assert lines[0].startswith("Error: fip at 50% sparsity stopped at step") and "— lower --fip-lr" in lines[0]
+    assert lines[1].startswith("Error: magnitude-finetune at 50% sparsity stopped at step 1: non-finite loss")
+    assert "(2 of its results diverged)" in lines[1]
+    assert "— lower --lr-finetune" in lines[1]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["method"], r["stop_reason"]) for r in rows] == [
+        ("fip", "non-finite"), ("fip", "non-finite"), ("magnitude", "done"), ("magnitude", "done"),
+        ("magnitude-finetune", "non-finite"), ("magnitude-finetune", "non-finite")]
+    for row in rows:
+        assert float(row["measured_sparsity"]) == pytest.approx(float(row["sparsity"]), abs=1e-4)  # still exact
+        assert 0.0 <= float(row["test_accuracy"]) <= 1.0
+        assert bool(row["stop_message"]) == (row["stop_reason"] == "non-finite")
+    # no checkpoint of a diverged result; the others are finite
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert saved == ["magnitude_s50_b12.pt", "magnitude_s90_b12.pt"]
+    for name in saved:
+        assert bool(torch.isfinite(load_sparse(out / "checkpoints" / name).theta).all())
+    assert "Stopped on a non-finite value" in (out / "summary.md").read_text()
+
+
+_KILL_MID_PATH = """
+import os, signal, sys
+from weightgeo.paths.path import Path
+append = Path.append
+def append_then_die(self, theta, **record):
+    k = append(self, theta, **record)
+    if self.directory is not None and k == 3:  # half-way through the first path written to disk
+        os.kill(os.getpid(), signal.SIGKILL)
+    return k
+Path.append = append_then_die
+from weightgeo.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _table(out: Path) -> list[dict]:
+    """results.csv without its wall-clock column (the one column that differs between runs)."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(out / "results.csv"))]
+
+
+def test_a_run_killed_half_way_and_resumed_gives_the_uninterrupted_results(tiny_checkpoint, tmp_path) -> None:
+    args = ["sparsify", str(tiny_checkpoint), "--sparsity", "0.5,0.9", "--method", "magnitude-distill,geodesic",
+            "--budget", "12", "--metric-batch", "64", "--device", "cpu"]
+    whole = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same thread count
+    killed = subprocess.run([sys.executable, "-c", _KILL_MID_PATH, *args, "--out", str(tmp_path / "cut")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    cut = tmp_path / "cut"
+    finished = [json.loads(line)["unit"] for line in (cut / "units.jsonl").read_text().splitlines()]
+    assert finished == ["magnitude-distill/b12", "geodesic/b12"]  # killed inside geodesic-path/b12
+    assert not (cut / "results.csv").exists() and (cut / "geodesic_path_b12" / "metrics.jsonl").exists()
+    resumed = CliRunner().invoke(cli, [*args, "--out", str(cut), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "geodesic/b12 already done (resumed)" in resumed.output
+    assert _table(cut) == _table(tmp_path / "whole") and len(_table(cut)) == 2 * 2
+    records = (cut / "geodesic_path_b12" / "metrics.jsonl").read_text()  # the restarted path is the whole one
+    assert records == (tmp_path / "whole" / "geodesic_path_b12" / "metrics.jsonl").read_text()
+    for name in sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir()):
+        assert torch.equal(load_sparse(cut / "checkpoints" / name).theta,
+                           load_sparse(tmp_path / "whole" / "checkpoints" / name).theta), name
+
+
+def test_demo_section_sparsify_quick(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from weightgeo.applications.sparsify.demo import section_sparsify
+
+    train = load_dataset("mnist5k", "train").subset(torch.arange(256))
+    test = load_dataset("mnist5k", "test").subset(torch.arange(128))
+    torch.manual_seed(0)
+    model = build_model("mlp", hidden=[16, 8])
+    ctx = SimpleNamespace(out=tmp_path, quick=True, seed=0, train=train, test=test, device=torch.device("cpu"),
+                          models={"a": {"model": model, "theta": FunctionalModel(model).theta()}},
+                          log=lambda msg: None)
+    text = section_sparsify(ctx)
+    assert text.startswith("## Sparsification") and (tmp_path / "sparsify.png").exists()
+    table = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "%" in line]
+    assert [cells[0].strip() for cells in table] == ["50%", "80%", "90%"]
+    geodesic = [int(cells[1].split("(")[1].rstrip(") ")) for cells in table]
+    assert geodesic == sorted(geodesic) and geodesic[-1] == 60  # one path read off at its cumulative count
+    assert all(int(cells[2].split("(")[1].rstrip(") ")) == 60 for cells in table)  # the full budget per level
+    path = WeightPath.load(tmp_path / "sparsify_path")
+    assert path.stop_reason == "done" and path.grad_evals == 60
+    assert [stage["name"] for stage in path.stages if stage["name"].startswith("sparsity")][-1] == "sparsity 0.9"

@@ -27,12 +27,11 @@ from weightgeo.applications.sparsify import (
     masked_finetune,
     stage_levels,
 )
-from weightgeo.applications.sparsify.methods import metric_projection
 from weightgeo.data import Data
 from weightgeo.data.streams import Minibatches
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
-from weightgeo.manifolds import WeightSpace
+from weightgeo.manifolds import WeightSpace, project_to_sparse
 from weightgeo.metrics import OutputMetric, build_metric
 from weightgeo.objectives.sparsity import keep_mask
 
@@ -164,7 +163,7 @@ def test_imp_prunes_on_the_geometric_schedule_with_an_equal_budget_per_round() -
     for r, level in enumerate(levels, start=1):
         assert torch.equal(ranked[r - 1][1], theta)  # each round ranks the previous round's result
         keep = keep_mask(theta.abs(), task.eligible, level)
-        theta, used, _ = masked_finetune(task.fmodel, theta * keep, keep, task.train, 10, lr=s.lr_finetune,
+        theta, used, *_ = masked_finetune(task.fmodel, theta * keep, keep, task.train, 10, lr=s.lr_finetune,
                                          batch_size=s.batch_size, seed=s.seed)
         assert used == 10
     assert torch.equal(result.keep, keep)
@@ -213,7 +212,7 @@ def test_obd_charges_one_gradient_evaluation_per_class_then_fine_tunes() -> None
     (tuned,) = METHODS["obd"](task, [0.5], CLASSES + 7)
     assert charged.grad_evals == CLASSES and tuned.grad_evals == CLASSES + 7
     assert torch.equal(tuned.keep, charged.keep)
-    reference, used, _ = masked_finetune(task.fmodel, charged.theta, charged.keep, task.train, 7,
+    reference, used, *_ = masked_finetune(task.fmodel, charged.theta, charged.keep, task.train, 7,
                                          lr=0.05, batch_size=8, seed=0)
     assert used == 7 and torch.allclose(tuned.theta, reference, rtol=0, atol=1e-7)
 
@@ -241,12 +240,12 @@ def test_masked_distill_stays_at_the_dense_network_and_pulls_a_pruned_one_toward
     theta0, x = fm.theta(), _data().x.double()
     distillation = Distillation(fm, theta0, x)
     everything = torch.ones(fm.n, dtype=torch.bool)
-    still, used, _ = masked_distill(fm, theta0, everything, distillation, 12, lr=0.1, batch_size=5)
+    still, used, *_ = masked_distill(fm, theta0, everything, distillation, 12, lr=0.1, batch_size=5)
     assert used == 12 and torch.equal(still, theta0)  # zero loss, zero gradient, no motion
     keep = keep_mask(theta0.abs(), fm.weight_mask(), 0.5)
     pruned = theta0 * keep
     before = _output_distance(fm, pruned, theta0, x)
-    after_theta, used, _ = masked_distill(fm, pruned, keep, distillation, 60, lr=0.1, batch_size=8)
+    after_theta, used, *_ = masked_distill(fm, pruned, keep, distillation, 60, lr=0.1, batch_size=8)
     assert used == 60
     assert _output_distance(fm, after_theta, theta0, x) < 0.5 * before
     assert torch.equal(after_theta[~keep], torch.zeros_like(after_theta[~keep]))
@@ -282,8 +281,8 @@ def test_fip_lambda_changes_the_path_and_only_a_large_one_reaches_the_hyperplane
         return METHODS["fip"](_task(fip_lam=lam, fip_lr=0.05), [0.7], 400)[0]
 
     weak, strong = run(0.3), run(3.0)
-    assert weak.info["stop_reason"] != "done" and weak.grad_evals == 400
-    assert strong.info["stop_reason"] == "done" and strong.grad_evals < 100
+    assert weak.stop_reason != "done" and weak.grad_evals == 400
+    assert strong.stop_reason == "done" and strong.grad_evals < 100
     assert not torch.allclose(weak.theta, strong.theta)
     eligible = _task().eligible
     for r in (weak, strong):
@@ -303,7 +302,7 @@ def test_one_stage_geodesic_is_the_metric_projection_under_its_settings(metric, 
     path, (result,) = geodesic_path(task, [0.5], cg_iters + 1)
     keep = task.magnitude_mask(task.theta, 0.5)
     space = WeightSpace(task.fmodel, build_metric(metric, task.fmodel, task.inputs))
-    expected, products, metric_sq = metric_projection(space, task.theta, keep, damping, cg_iters)
+    expected, metric_sq, _, products = project_to_sparse(space, task.theta, keep, damping=damping, cg_iters=cg_iters)
     assert products == cg_iters + 1 == result.grad_evals  # CG ran to its cap: the cap is the setting's
     assert torch.equal(result.keep, keep)
     assert torch.allclose(result.theta, expected, rtol=1e-9, atol=1e-12)
@@ -403,8 +402,9 @@ def test_geodesic_re_estimates_the_metric_on_a_fresh_batch_at_every_stage() -> N
         keep = keep_mask(previous.abs(), task.eligible, level)
         matches = [
             k for k, batch in enumerate(drawn)
-            if torch.allclose(metric_projection(WeightSpace(task.fmodel, OutputMetric(task.fmodel, batch)),
-                                                previous, keep, damping, cg_iters)[0], theta, rtol=1e-9, atol=1e-12)
+            if torch.allclose(project_to_sparse(WeightSpace(task.fmodel, OutputMetric(task.fmodel, batch)), previous,
+                                                keep, damping=damping, cg_iters=cg_iters).point,
+                              theta, rtol=1e-9, atol=1e-12)
         ]
         assert len(matches) == 1, (level, matches)
         used += matches
@@ -430,7 +430,7 @@ def test_every_method_spends_what_it_documents(method: str) -> None:
         if method == "magnitude":
             assert r.grad_evals == 0
         elif method == "fip":  # one minibatch per step, stopped at the hyperplane or the budget
-            assert r.grad_evals == budget or r.info["stop_reason"] == "done"
+            assert r.grad_evals == budget or r.stop_reason == "done"
             assert r.grad_evals <= budget
         else:  # every other method spends its whole budget
             assert r.grad_evals == budget
@@ -450,7 +450,7 @@ def test_geodesic_finetune_splits_its_budget_by_finetune_share() -> None:
     # half and half: the geodesic on half the budget, then fine-tuning with the other half
     task = _task(torch.float32, lr_finetune=0.05, cg_iters=3)
     (geodesic_half,) = METHODS["geodesic"](task, [0.7], budget // 2)
-    reference, used, _ = masked_finetune(task.fmodel, geodesic_half.theta, geodesic_half.keep, task.train,
+    reference, used, *_ = masked_finetune(task.fmodel, geodesic_half.theta, geodesic_half.keep, task.train,
                                          budget // 2, lr=0.05, batch_size=8, seed=0)
     assert used == budget // 2
     assert torch.allclose(run("geodesic-finetune", finetune_share=0.5).theta, reference, rtol=0, atol=1e-7)

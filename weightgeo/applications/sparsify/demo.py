@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import time
 
-from weightgeo.applications.sparsify.methods import (
-    SparsifySettings,
-    SparsifyTask,
-    geodesic_path,
-    magnitude_finetune,
-)
+from weightgeo.applications.sparsify.geodesic import geodesic_path
+from weightgeo.applications.sparsify.methods import METHODS
+from weightgeo.applications.sparsify.settings import SparsifySettings
+from weightgeo.applications.sparsify.task import SparsifyTask
+from weightgeo.evaluation import evaluate
 from weightgeo.functional import FunctionalModel
 from weightgeo.objectives.sparsity import measured_sparsity
 from weightgeo.plotting import plt, save_figure
-from weightgeo.training import evaluate
 
 
 def section_sparsify(ctx) -> str:
@@ -37,7 +35,7 @@ def section_sparsify(ctx) -> str:
                               directory=ctx.out / "sparsify_path", evaluate=along)
     geo_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    mft = magnitude_finetune(SparsifyTask(fmodel, theta, ctx.train, settings), levels, budget)
+    mft = METHODS["magnitude-finetune"](SparsifyTask(fmodel, theta, ctx.train, settings), levels, budget)
     mft_seconds = time.perf_counter() - started
     acc = {"geodesic (one path, no labels)": [evaluate(fmodel, r.theta, ctx.test)["accuracy"] for r in geo],
            "magnitude-finetune (labels)": [evaluate(fmodel, r.theta, ctx.test)["accuracy"] for r in mft]}

@@ -9,6 +9,8 @@ unlabelled inputs, ½ mean ||f(x; θ) − f(x; θ₀)||² — the squared output
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from torch import Tensor
 
 from weightgeo.data import Data
@@ -17,6 +19,17 @@ from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
 from weightgeo.metrics import Euclidean
 from weightgeo.optim import DistillationLoss, OptimizerSpec, SupervisedLoss, fit
+from weightgeo.stopping import Stop, StopReason
+
+
+class Recovery(NamedTuple):
+    """A recovery phase's outcome: θ (exactly sparse; the last finite point if the run diverged),
+    the gradient evaluations spent, the batch-norm buffers it ended with, and how it stopped."""
+
+    theta: Tensor
+    grad_evals: int
+    buffers: dict[str, Tensor] | None
+    stop: Stop
 
 
 class Distillation:
@@ -31,12 +44,16 @@ class Distillation:
 
 
 def _masked_fit(fmodel: FunctionalModel, theta: Tensor, keep: Tensor, loss, batches, steps: int, lr: float,
-                schedule: str) -> tuple[Tensor, int, dict[str, Tensor] | None]:
+                schedule: str) -> Recovery:
     space = WeightSpace(fmodel, Euclidean(), damping=0.0, mask=keep)
     result = fit(theta * keep, loss, batches, steps, space=space,
                  optimizer=OptimizerSpec("sgd", lr=lr, momentum=0.9, schedule=schedule))
     buffers = loss.buffers if fmodel.has_batch_norm else None
-    return result.param * keep, result.grad_evals, buffers
+    return Recovery(result.param * keep, result.grad_evals, buffers, result.stop)
+
+
+def _nothing_to_do(theta: Tensor, keep: Tensor, buffers: dict[str, Tensor] | None) -> Recovery:
+    return Recovery(theta * keep, 0, buffers, Stop(StopReason.STEPS, 0))
 
 
 def masked_finetune(
@@ -51,13 +68,13 @@ def masked_finetune(
     seed: int = 0,
     schedule: str = "cosine",
     buffers: dict[str, Tensor] | None = None,
-) -> tuple[Tensor, int, dict[str, Tensor] | None]:
+) -> Recovery:
     """Cross-entropy SGD on labelled ``data`` inside the mask for ``steps`` minibatches.
 
-    Returns (θ, gradient evaluations spent = steps, the batch-norm buffers it ended with).
+    Returns the :class:`Recovery` (gradient evaluations spent = steps unless it diverged).
     """
     if steps <= 0:
-        return theta * keep, 0, buffers
+        return _nothing_to_do(theta, keep, buffers)
     loss = SupervisedLoss(fmodel, buffers=buffers)
     return _masked_fit(fmodel, theta, keep, loss, Minibatches(data, batch_size, seed), steps, lr, schedule)
 
@@ -74,9 +91,9 @@ def masked_distill(
     seed: int = 0,
     schedule: str = "cosine",
     buffers: dict[str, Tensor] | None = None,
-) -> tuple[Tensor, int, dict[str, Tensor] | None]:
+) -> Recovery:
     """Label-free SGD toward the dense network's outputs inside the mask, for ``steps`` minibatches."""
     if steps <= 0:
-        return theta * keep, 0, buffers
+        return _nothing_to_do(theta, keep, buffers)
     batches = Minibatches(distillation.inputs, batch_size, seed)
     return _masked_fit(fmodel, theta, keep, distillation.loss(buffers), batches, steps, lr, schedule)

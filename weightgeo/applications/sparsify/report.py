@@ -12,7 +12,7 @@ from weightgeo.rundir import markdown_table, write_csv, write_text
 
 COLUMNS = [
     "method", "sparsity", "budget", "measured_sparsity", "test_accuracy", "test_loss", "grad_evals",
-    "seconds", "labels",
+    "seconds", "labels", "stop_reason", "stop_message",
 ]
 
 
@@ -20,16 +20,21 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def _loss(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"  # None: a non-finite loss (strict JSON)
+
+
 def write_results(out: Path, rows: list[dict]) -> None:
     """results.csv (every column) and results.md (the same rows, readable)."""
     write_csv(out / "results.csv", rows, COLUMNS)
     shown = [
         {**r, "sparsity": _pct(r["sparsity"]), "measured_sparsity": f"{100 * r['measured_sparsity']:.3f}%",
-         "test_accuracy": _pct(r["test_accuracy"]), "test_loss": f"{r['test_loss']:.4f}",
+         "test_accuracy": _pct(r["test_accuracy"]), "test_loss": _loss(r["test_loss"]),
          "seconds": f"{r['seconds']:.1f}"}
         for r in rows
     ]
-    write_text(out / "results.md", markdown_table(shown, COLUMNS))
+    columns = COLUMNS if any(r.get("stop_message") for r in rows) else COLUMNS[:-1]
+    write_text(out / "results.md", markdown_table(shown, columns))
 
 
 def accuracy_vs_sparsity(path: str | os.PathLike, rows: list[dict], dense: float, budget: int) -> Path:
@@ -100,13 +105,16 @@ def summary_markdown(rows: list[dict], dense: dict, settings: dict, plots: list[
          for r in rows],
         ["method", "sparsity", "budget", "measured_sparsity", "test_accuracy", "grad_evals", "seconds", "labels"],
     )
+    diverged = [f"- {r['stop_message']} (budget {r['budget']})" for r in rows if r.get("stop_message")]
     lines = [
         "# Sparsification", "",
         f"Dense network: test accuracy {_pct(dense['accuracy'])}, test loss {dense['loss']:.4f}.", "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), "",
         table, "",
+        *(["Stopped on a non-finite value (the last finite point is reported, no checkpoint written):",
+           *diverged, ""] if diverged else []),
         *[f"![{p}]({p})" for p in plots], "",
-        f"Total time {seconds:.1f} s.",
+        f"Time {seconds:.1f} s (this session: units finished before a --resume are not counted).",
     ]
     return "\n".join(lines) + "\n"
 
