@@ -23,8 +23,9 @@ import torch
 
 from weightgeo.applications.sparsify import METHODS, SparsifySettings, SparsifyTask
 from weightgeo.applications.sparsify.report import accuracy_vs_budget, mean_std
+from weightgeo.evaluation import evaluate
 from weightgeo.objectives.sparsity import measured_sparsity
-from weightgeo.training import evaluate
+from weightgeo.rundir import dumps
 from weightgeo.workflows import load_with_data
 
 LEVELS = (0.9, 0.95, 0.98)
@@ -52,17 +53,19 @@ def run(checkpoint: str, out: Path, seed: int, budgets, methods, levels) -> None
             started = time.perf_counter()
             results = METHODS[method](task, list(levels), budget)
             wall = time.perf_counter() - started
+            rows = []
+            for r in results:
+                scores = evaluate(loaded.fmodel, r.theta, loaded.test, buffers=r.buffers)
+                rows.append({"seed": seed, "method": method, "sparsity": r.sparsity, "budget": budget,
+                             "measured_sparsity": measured_sparsity(r.theta, eligible),
+                             "test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
+                             "grad_evals": r.grad_evals, "seconds": r.seconds, "method_wall": wall,
+                             "stop_reason": r.stop_reason, "stop_message": r.message})
             with open(rows_file, "a") as handle:
-                for r in results:
-                    scores = evaluate(loaded.fmodel, r.theta, loaded.test, buffers=r.buffers)
-                    row = {"seed": seed, "method": method, "sparsity": r.sparsity, "budget": budget,
-                           "measured_sparsity": measured_sparsity(r.theta, eligible),
-                           "test_accuracy": scores["accuracy"], "test_loss": scores["loss"],
-                           "grad_evals": r.grad_evals, "seconds": r.seconds, "method_wall": wall}
-                    handle.write(json.dumps(row) + "\n")
+                handle.write("".join(dumps(row) + "\n" for row in rows))
             print(f"seed {seed} {method} budget {budget}: "
-                  + " ".join(f"{100 * r.sparsity:g}%→{100 * evaluate(loaded.fmodel, r.theta, loaded.test, buffers=r.buffers)['accuracy']:.1f}"
-                             for r in results) + f" ({wall:.0f} s)", flush=True)
+                  + " ".join(f"{100 * row['sparsity']:g}%→{100 * row['test_accuracy']:.1f}" for row in rows)
+                  + f" ({wall:.0f} s)" + "".join(f"; {r.message}" for r in results if r.diverged), flush=True)
 
 
 def report(out: Path) -> None:
