@@ -28,7 +28,7 @@ from weightgeo.applications.sparsify import (
     stage_levels,
 )
 from weightgeo.data import Data
-from weightgeo.data.streams import Minibatches
+from weightgeo.data.streams import Minibatches, RandomSubsets
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace, project_to_sparse
@@ -202,6 +202,21 @@ def test_obd_ranks_by_half_fisher_diagonal_times_theta_squared() -> None:
         differs_from_fisher |= _pruned(r.keep, eligible) != _smallest(fisher, index, k)
         differs_from_magnitude |= _pruned(r.keep, eligible) != _smallest(theta.abs(), index, k)
     assert differs_from_fisher and differs_from_magnitude  # the case tells the three rankings apart
+
+
+@pytest.mark.parametrize(("metric_batch", "obd_batch", "used"), [(5, None, 5), (5, 9, 9)])
+def test_obd_estimates_its_fisher_on_metric_batch_inputs_unless_obd_batch_is_given(metric_batch, obd_batch,
+                                                                                    used) -> None:
+    task = _task(metric_batch=metric_batch, obd_batch=obd_batch)
+    x = next(RandomSubsets(task.inputs, used, task.settings.seed))  # the batch obd draws
+    saliency = 0.5 * _dense_fisher_diagonal(task.fmodel, task.theta, x) * task.theta.square()
+    index = task.eligible.nonzero().squeeze(1)
+    levels = [0.2, 0.5, 0.8]
+    for level, r in zip(levels, METHODS["obd"](task, levels, CLASSES)):
+        assert _pruned(r.keep, task.eligible) == _smallest(saliency, index, round(level * 35))
+    everything = 0.5 * _dense_fisher_diagonal(task.fmodel, task.theta, task.inputs) * task.theta.square()
+    assert any(_smallest(everything, index, round(level * 35)) != _smallest(saliency, index, round(level * 35))
+               for level in levels)  # the batch matters: a Fisher on other inputs ranks differently
 
 
 def test_obd_charges_one_gradient_evaluation_per_class_then_fine_tunes() -> None:
@@ -460,3 +475,25 @@ def test_geodesic_finetune_splits_its_budget_by_finetune_share() -> None:
 def test_an_unknown_choice_in_the_settings_is_refused_naming_the_choices(name: str, value: str) -> None:
     with pytest.raises(WeightgeoError, match=f"{value!r}.*choose one of"):
         _task(**{name: value})
+
+
+def test_a_geodesic_that_diverges_keeps_its_last_finite_point_and_reads_later_levels_off_it() -> None:
+    """Distillation with a huge rate diverges at the first level: the path ends there (non-finite),
+    that level is the last finite point, the later one is that point pruned to its level by
+    magnitude (still exact), and geodesic-finetune does not fine-tune a diverged level."""
+    task = _task(torch.float32, one_path=True, lr_distill=1e30, cg_iters=3, lr_finetune=0.05)
+    path, (first, second) = geodesic_path(task, [0.5, 0.9], 40)
+    assert path.stop_reason == "non-finite" and path.finished
+    assert first.diverged and second.diverged and first.grad_evals == second.grad_evals <= 40
+    assert "— lower --lr-distill" in first.message and first.message.startswith("geodesic at 50% sparsity")
+    for r in (first, second):
+        assert bool(torch.isfinite(r.theta).all())
+        assert len(_pruned(r.keep, task.eligible)) == round(r.sparsity * 35)
+        assert torch.equal(r.theta, r.theta * r.keep)
+    assert torch.equal(second.keep, keep_mask(first.theta.abs(), task.eligible, 0.9) & first.keep)
+    assert torch.equal(second.theta, first.theta * second.keep)
+    tuned = METHODS["geodesic-finetune"](_task(torch.float32, one_path=True, lr_distill=1e30, cg_iters=3,
+                                               lr_finetune=0.05, finetune_share=0.5), [0.5, 0.9], 80)
+    assert [r.stop_reason for r in tuned] == ["non-finite", "non-finite"]
+    assert torch.equal(tuned[0].theta, first.theta)  # the same 40-evaluation geodesic, not fine-tuned
+    assert "— lower --lr-distill" in tuned[0].message
