@@ -86,6 +86,43 @@ def test_recomputed_statistics_are_the_moments_of_the_layer_inputs(batch_size):
     assert torch.equal(fm.buffers["2.running_mean"], torch.zeros(8))  # the model's own: untouched
 
 
+def test_statistics_and_training_scores_on_the_chosen_number_of_training_images():
+    """--bn-images 16 and --train-eval-images 24 of 64: the statistics are the moments of the layer
+    inputs of a seeded subset of 16 images, the training scores those of a subset of 24."""
+    fm, theta, train, test = _bn_case()
+    evaluator = PointEvaluator(fm, train, test, bn_images=16, train_eval_images=24, seed=3)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(3))
+    h = _first_layer(fm, theta, train.x[order[:16]])
+    buffers = evaluator.buffers(theta)
+    torch.testing.assert_close(buffers["2.running_mean"], h.mean(0), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(buffers["2.running_var"], h.var(0), atol=1e-6, rtol=1e-5)
+    scores = evaluator(theta)
+    subset = Data(train.x[order[:24]], train.y[order[:24]], 3, "subset")
+    loss, accuracy = _hand_scores(fm, theta, subset, h.mean(0), h.var(0))
+    assert scores["train_loss"] == pytest.approx(loss, rel=1e-5)
+    assert scores["train_accuracy"] == pytest.approx(accuracy)
+    assert scores["test_loss"] == pytest.approx(_hand_scores(fm, theta, test, h.mean(0), h.var(0))[0], rel=1e-5)
+    whole = PointEvaluator(fm, train, test, bn_images=0, train_eval_images=0).buffers(theta)
+    h_all = _first_layer(fm, theta, train.x)
+    torch.testing.assert_close(whole["2.running_mean"], h_all.mean(0), atol=1e-6, rtol=1e-5)  # 0: all of it
+
+
+def test_several_points_per_pass_give_the_scores_of_one_point_at_a_time():
+    s = _setting()
+    points = s.theta_a + torch.linspace(0, 1, 5)[:, None] * (s.theta_b - s.theta_a)
+    one = PointEvaluator(s.model, s.train, s.test).evaluate(points)
+    many = PointEvaluator(s.model, s.train, s.test, points_per_pass=3, batch_size=20).evaluate(points)
+    assert [r["point"] for r in many] == list(range(5))
+    for a, b in zip(one, many, strict=True):
+        assert b == pytest.approx(a, rel=1e-5)
+    for k, theta in enumerate(points):  # and they are the network's loss at each point
+        logits = s.model(theta, s.test.x)
+        assert many[k]["test_loss"] == pytest.approx(float(F.cross_entropy(logits, s.test.y)), rel=1e-5)
+        assert many[k]["train_accuracy"] == pytest.approx(
+            float((s.model(theta, s.train.x).argmax(-1) == s.train.y).float().mean()))
+    assert len({r["test_loss"] for r in many}) == 5
+
+
 def test_recomputing_statistics_changes_the_evaluation_at_an_interpolated_point():
     fm, theta, train, test = _bn_case()
     recomputed = PointEvaluator(fm, train, test, train_eval=False)(theta)

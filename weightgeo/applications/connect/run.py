@@ -106,10 +106,9 @@ class Connect(Application):
                "eval_seconds": eval_seconds, "stop_reason": result.stop_reason, **result.info}
         if result.stop.diverged:
             row["stop_message"] = result.stop.message(name, METHODS[name].hint)
-        self.options.log(f"connect: {name}: worst test accuracy {row['min_test_accuracy']:.2f}%, loss barrier "
-                         f"{row['loss_barrier']:.4f}, {result.grad_evals} grad evals, {result.seconds:.1f} s "
-                         f"(+{eval_seconds:.1f} s evaluation)")
-        return [json.loads(dumps(row))]  # as a resumed run reads it back (non-finite values: null)
+        row = json.loads(dumps(row))  # as a resumed run reads it back (non-finite values: null)
+        self.options.log(f"connect: {self.headline([row])[0].strip()} (+{eval_seconds:.1f} s evaluation)")
+        return [row]
 
     def loss_plane(self, run: RunDirectory) -> None:
         """The test loss on the plane through θ_a, θ_b and the first trained path's midpoint
@@ -144,9 +143,13 @@ class Connect(Application):
         return write_report(run, rows, about)
 
     def headline(self, rows: list[dict]) -> list[str]:
-        return [f"{r['method']:>10}: worst test accuracy {r['min_test_accuracy']:.2f}% (drop "
-                f"{r['max_accuracy_drop']:.2f}), loss barrier {r['loss_barrier']:.4f}, length "
-                f"{r['euclidean_length']:.2f}, {r['grad_evals']} grad evals, {r['seconds']:.1f} s" for r in rows]
+        def number(row: dict, key: str, digits: int) -> str:  # a non-finite value was stored as null
+            return "n/a" if row.get(key) is None else f"{row[key]:.{digits}f}"
+
+        return [f"{r['method']:>10}: worst test accuracy {number(r, 'min_test_accuracy', 2)}% (drop "
+                f"{number(r, 'max_accuracy_drop', 2)}), loss barrier {number(r, 'loss_barrier', 4)}, length "
+                f"{number(r, 'euclidean_length', 2)}, {r['grad_evals']} grad evals, {number(r, 'seconds', 1)} s"
+                for r in rows]
 
 
 def load_task(checkpoint_a: str | os.PathLike | Checkpoint, checkpoint_b: str | os.PathLike | Checkpoint,

@@ -95,11 +95,16 @@ def _walk(task: ConnectTask, path: Path, step: float, max_steps: int) -> Stop:
     if not path.stages:
         path.begin_stage(WALK)
     inputs = RandomSubsets(task.train.x, s.metric_batch, s.seed + 2)
-    traverse(task.space(), objective, step_size=step, max_steps=max_steps - max(0, len(path) - 1), path=path,
-             finish=False, metric_inputs=inputs, budget=s.budget, progress=task.progress)
+    taken = max(0, len(path) - 1)  # steps an interrupted run had taken
+    traverse(task.space(), objective, step_size=step, max_steps=max_steps - taken, path=path, finish=False,
+             metric_inputs=inputs, budget=s.budget, progress=task.progress)
+    stop = path.last_stop
+    if taken:  # the driver counts the steps of its own call: count on from the resumed point
+        stop = Stop(stop.reason, stop.step + taken, stop.cause)
+        path.stages[-1].update(stop_step=stop.step)
     path.flush()
     path.save_waypoint(len(path) - 1, path.end)  # where the walk stopped is a vertex of the curve
-    return path.last_stop
+    return stop
 
 
 def method_traverse(task: ConnectTask) -> MethodResult:
