@@ -5,6 +5,9 @@ returns. Applications get their commands generated from their settings
 (:mod:`weightgeo.commands.generated`); ``weightgeo package.module:Name …`` runs a user's
 application that is not registered.
 
+Under ``torchrun --nproc-per-node N -m weightgeo COMMAND …`` every command runs data-parallel
+(:mod:`weightgeo.distributed`: NCCL on GPUs, gloo on CPUs; only rank 0 writes).
+
 Exit status: 0 success; 1 an unexpected error (one line; ``--debug`` shows the traceback);
 2 bad input (one line: ``Error: …``); 3 a method stopped on a non-finite value (one line per
 such method; the other methods' results are written as usual); 130 interrupted (what was
@@ -18,13 +21,14 @@ import os
 import sys
 
 import click
+import torch
 
 import weightgeo.applications.connect  # noqa: F401 - registers the connect application
+import weightgeo.applications.continual  # noqa: F401 - registers the continual application
 import weightgeo.applications.sparsify  # noqa: F401 - registers the sparsify application
-from weightgeo import __version__
+from weightgeo import __version__, distributed
 from weightgeo.applications import APPLICATIONS, find_application
 from weightgeo.applications.base import Diverged
-from weightgeo.commands.continual import continual
 from weightgeo.commands.demo import demo
 from weightgeo.commands.evaluate import evaluate
 from weightgeo.commands.generated import application_command
@@ -60,7 +64,6 @@ def cli(debug: bool) -> None:
 
 cli.add_command(demo)
 cli.add_command(evaluate)
-cli.add_command(continual)
 
 
 def _os_error(err: OSError) -> str:
@@ -73,12 +76,26 @@ def _os_error(err: OSError) -> str:
     return f"cannot write or read{where}: {reason}"
 
 
+def _device_kind(args: list[str]) -> str:
+    """cuda or cpu: what ``--device`` asks for (auto: cuda where there is one), for the process group."""
+    device = "auto"
+    for i, arg in enumerate(args):
+        if arg == "--device" and i + 1 < len(args):
+            device = args[i + 1]
+        elif arg.startswith("--device="):
+            device = arg.split("=", 1)[1]
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every error into one line on stderr (see the exit codes)."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="weightgeo", standalone_mode=False)
+        with distributed.process_group(_device_kind(args)):
+            cli.main(args=args, prog_name="weightgeo", standalone_mode=False)
     except Diverged as err:
         for line in err.lines:
             click.echo(f"Error: {line}", err=True)

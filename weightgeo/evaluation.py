@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, mask_logits
 
@@ -44,12 +45,13 @@ def loss_and_correct(
     """(summed cross-entropy, number correct) of f(·; θ) on ``data``, as tensors on θ's device."""
     total = torch.zeros((), device=theta.device, dtype=torch.float64)
     correct = torch.zeros((), device=theta.device, dtype=torch.long)
-    for i in range(0, len(data.y), batch_size):
-        logits = mask_logits(model(theta, data.x[i : i + batch_size].to(theta.device), buffers), units)
-        target = data.y[i : i + batch_size].to(theta.device)
+    xs, ys = distributed.shard((data.x, data.y))  # each rank its part; the sums are added up
+    for i in range(0, len(ys), batch_size):
+        logits = mask_logits(model(theta, xs[i : i + batch_size].to(theta.device), buffers), units)
+        target = ys[i : i + batch_size].to(theta.device)
         total += F.cross_entropy(logits, target, reduction="sum").double()
         correct += (logits.argmax(-1) == target).sum()
-    return total, correct
+    return distributed.total(total), distributed.total(correct)
 
 
 def evaluate(

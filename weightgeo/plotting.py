@@ -10,10 +10,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from weightgeo import distributed  # noqa: E402
+
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save ``fig`` to ``path`` (atomically) and close it."""
+    """Save ``fig`` to ``path`` (atomically; rank 0 only under torchrun) and close it."""
     path = Path(path)
+    if not distributed.is_writer():
+        plt.close(fig)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 
 
@@ -40,6 +41,8 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
+    if not distributed.is_writer():  # under torchrun only rank 0 writes; every rank reads
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -100,10 +103,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     """Append one JSON object as a line (a cut-off last line is skipped by readers)."""
+    append_lines(path, [dumps(row)])
+
+
+def append_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """Append text lines to a file, flushed to disk (rank 0 only under torchrun)."""
+    if not distributed.is_writer():
+        return
     path = Path(path)
     new = not path.exists()
     with open(path, "a") as handle:
-        handle.write(dumps(row) + "\n")
+        handle.write("".join(line + "\n" for line in lines))
         handle.flush()
         os.fsync(handle.fileno())
     if new:
@@ -191,6 +201,19 @@ class RunDirectory:
         """
         out = Path(out)
         _check_writable(out)
+        problem, run = None, cls(out)
+        if distributed.is_writer():
+            try:
+                run = cls._open_as_writer(out, overwrite, resume, config)
+            except WeightgeoError as err:
+                problem = str(err)
+        problem = distributed.share(problem)  # the other ranks use rank 0's directory once it is ready
+        if problem is not None:
+            raise WeightgeoError(problem)
+        return run
+
+    @classmethod
+    def _open_as_writer(cls, out: Path, overwrite: bool, resume: bool, config: dict | None) -> RunDirectory:
         if overwrite and resume:
             raise WeightgeoError("--overwrite and --resume contradict each other: choose one")
         if out.exists() and not out.is_dir():
@@ -233,6 +256,8 @@ class RunDirectory:
 
     def clear(self) -> None:
         """Remove everything inside the directory (the previous run's outputs)."""
+        if not distributed.is_writer():
+            return
         for child in self.path.iterdir():
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
@@ -263,7 +288,8 @@ class RunDirectory:
         return load_tensors(file) if file.exists() else None
 
     def drop_state(self, key: str) -> None:
-        self._state_file(key).unlink(missing_ok=True)
+        if distributed.is_writer():
+            self._state_file(key).unlink(missing_ok=True)
 
     # -- files ---------------------------------------------------------------------------------------
     def __truediv__(self, name: str) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from weightgeo import distributed
 from weightgeo.applications.train import train_model
 from weightgeo.data import Data, load_dataset
 from weightgeo.errors import WeightgeoError
@@ -24,11 +25,14 @@ __all__ = ["Loaded", "checkpoint_path", "load_with_data", "model_config_for", "r
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' → cuda if available else cpu; otherwise the named device, checked."""
+    """'auto' → cuda if available else cpu (under torchrun: cuda:LOCAL_RANK); otherwise the named
+    device, checked."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.active():  # under torchrun: this rank's GPU
+        return distributed.local_device("cuda")
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 from weightgeo.registry import Registry, import_object
 from weightgeo.rundir import RunDirectory
@@ -173,7 +174,9 @@ def run_application(app: Application, out: str | Path, *, overwrite: bool = Fals
         run.record(unit.key, unit_rows)
         app.done[unit.key] = unit_rows
         rows += unit_rows
-    summary = app.report(rows, run)
+    # Under torchrun only rank 0 writes the report; the others wait for it.
+    summary = app.report(rows, run) if distributed.is_writer() else run / "summary.md"
+    distributed.barrier()
     return Outcome(rows, summary, run.path, app.diverged(rows))
 
 

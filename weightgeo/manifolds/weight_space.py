@@ -27,6 +27,7 @@ with warnings.catch_warnings():
     import geoopt
 from torch import Tensor, nn
 
+from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
 from weightgeo.metrics.base import Metric, MetricOperator, Solution
@@ -178,6 +179,15 @@ class WeightSpace(geoopt.Manifold):
         the (masked) space: the discrete path energy's terms (see ``Metric.segment_energies``)."""
         metric = self.metric if inputs is None else self.metric.with_inputs(inputs)
         return metric.segment_energies(self.projx(points))
+
+    @torch.no_grad()
+    def segment_lengths(self, points: Tensor, inputs: Tensor | None = None) -> Tensor:
+        """d(θ_k, θ_{k+1}) for consecutive rows of ``points``, for reports: the square roots of
+        :meth:`segment_energies` averaged over every rank's inputs (under ``torchrun``)."""
+        energies = self.segment_energies(points, inputs)
+        source = self.metric.inputs if inputs is None else inputs
+        examples = 1 if source is None else len(distributed.shard(source))
+        return distributed.average(energies, examples).clamp_min(0).sqrt()
 
     def egrad2rgrad(self, x: Tensor, u: Tensor) -> Tensor:
         """The Riemannian (damped natural) gradient (G(x) + μI)^{-1} u."""

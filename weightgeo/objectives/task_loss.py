@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightgeo import distributed
+from weightgeo.data.streams import Stream, stream
 from weightgeo.functional import FunctionalModel, as_functional
 from weightgeo.objectives.base import Objective
 
@@ -17,12 +19,15 @@ class TaskLoss(Objective):
 
     Args:
         model: the network (evaluated in eval mode, like every metric).
-        batches: either one ``(x, y)`` pair (a fixed batch: a deterministic objective) or an
-            iterable of ``(x, y)`` batches, drawn afresh at every ``grad`` call and
-            restarted when exhausted (a stochastic objective).
+        batches: one ``(x, y)`` pair (a fixed batch: a deterministic objective), an iterable of
+            ``(x, y)`` batches (cycled) or a :class:`~weightgeo.data.streams.Stream` (resumable),
+            drawn afresh at every ``grad`` call (a stochastic objective).
         target_accuracy: if set, ``done`` when the accuracy on the last batch seen reaches it.
         transform_logits: optional map applied to the logits first (e.g. selecting the
             output units of one task in task-incremental learning).
+
+    Under ``torchrun`` each rank evaluates its shard of every batch; the loss, its gradient and
+    the accuracy are averaged over the ranks (:mod:`weightgeo.distributed`).
     """
 
     cost = 1
@@ -30,34 +35,26 @@ class TaskLoss(Objective):
     def __init__(
         self,
         model: nn.Module | FunctionalModel,
-        batches: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
+        batches: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]] | Stream,
         target_accuracy: float | None = None,
         transform_logits: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.model = as_functional(model)
-        self.fixed = isinstance(batches, tuple)
-        self._batches = batches
-        self._iterator: Iterator | None = None
+        self.batches = stream(batches)
         self.target_accuracy = target_accuracy
         self.transform_logits = transform_logits
         self.last_accuracy: Tensor | None = None
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
-        if self.fixed:
-            return self._batches  # type: ignore[return-value]
-        if self._iterator is None:
-            self._iterator = iter(self._batches)
-        try:
-            return next(self._iterator)
-        except StopIteration:
-            self._iterator = iter(self._batches)
-            return next(self._iterator)
+        """This rank's part of the next batch."""
+        return distributed.shard(self.batches.next())
 
     def _loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         logits = self.model(theta, x)
         if self.transform_logits is not None:
             logits = self.transform_logits(logits)
-        self.last_accuracy = (logits.detach().argmax(-1) == y).float().mean()
+        accuracy = (logits.detach().argmax(-1) == y).float().mean()
+        self.last_accuracy = distributed.average(accuracy, len(y))
         return F.cross_entropy(logits, y)
 
     def value(self, theta: Tensor) -> Tensor:
@@ -70,9 +67,15 @@ class TaskLoss(Objective):
             t = theta.detach().requires_grad_(True)
             loss = self._loss(t, x, y)
             (g,) = torch.autograd.grad(loss, t)
-        return loss.detach(), g
+        return distributed.average(loss.detach(), len(y)), distributed.average(g, len(y))
 
     def done(self, theta: Tensor) -> bool:
         if self.target_accuracy is None or self.last_accuracy is None:
             return False
         return bool(self.last_accuracy >= self.target_accuracy)  # stop test
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state["batches"])

@@ -13,7 +13,10 @@ its penalty or its metric, never by a loop of its own. The loop is ``torch.optim
   network sparse. Natural-gradient descent under any metric is this loop with that space.
 
 Each step draws a batch from the stream, evaluates ``loss(param, batch)``, tests the loss, the
-gradient and the point for finite values (one host read: the stop test) and steps. A non-finite
+gradient and the point for finite values (one host read: the stop test) and steps. Under
+``torchrun`` each rank evaluates its shard of the batch and the gradients are averaged over the
+ranks weighted by shard size (:mod:`weightgeo.distributed`): ``loss`` must be a mean over the
+batch's examples plus terms that are the same on every rank (penalties). A non-finite
 value ends the run with the last finite point kept and the cause recorded (:class:`Stop`);
 hooks run every k steps (logging, per-step bookkeeping such as SI's path integral); a budget of
 gradient evaluations ends it before a step that would overspend; ``checkpoint`` saves the whole
@@ -36,6 +39,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     import geoopt
 
+from weightgeo import distributed
 from weightgeo.data.streams import Stream, stream
 from weightgeo.errors import WeightgeoError
 from weightgeo.optim.schedules import SCHEDULES, ScheduleName, schedule_factor
@@ -196,11 +200,13 @@ def fit(
             if not budget.affords(cost_per_step):
                 stop = Stop(StopReason.BUDGET, step)
                 break
-            batch = source.next()
+            batch = distributed.shard(source.next())  # this rank's part (the whole batch alone)
             spent_before = _space_spent(space)
             with torch.enable_grad():
                 value = loss(point, batch)
                 (grad,) = torch.autograd.grad(value, point)
+            examples = distributed.batch_size(batch)
+            value, grad = distributed.average(value.detach(), examples), distributed.average(grad, examples)
             ok = torch.isfinite(value) & torch.isfinite(grad).all() & torch.isfinite(point).all()
             if not bool(ok):  # stop test: one host read per step
                 cause = first_non_finite(step=point.detach(), loss=value, gradient=grad)

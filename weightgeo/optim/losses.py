@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightgeo import distributed
 from weightgeo.functional import FunctionalModel, as_functional, mask_logits
 
 
@@ -80,7 +81,8 @@ class SupervisedLoss(NetworkLoss):
         x, y = batch[0], batch[1]
         allowed = batch[2] if len(batch) > 2 else self.units
         logits = mask_logits(self.logits(theta, x), allowed)
-        self.last_accuracy = (logits.detach().argmax(-1) == y).float().mean()
+        accuracy = (logits.detach().argmax(-1) == y).float().mean()
+        self.last_accuracy = distributed.average(accuracy, len(y))  # the same on every rank
         return F.cross_entropy(logits, y)
 
 

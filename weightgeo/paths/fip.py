@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from weightgeo import distributed
 from weightgeo.data.streams import Fixed, RandomSubsets, Stream
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
@@ -86,12 +87,13 @@ class PenaltyStep(StepRule):
         return 1 + self.objective.cost
 
     def propose(self, point: Tensor, observation: Observation) -> Proposal:
-        x, reference = self.batches.next()
+        x, reference = distributed.shard(self.batches.next())  # this rank's part of the batch
         with torch.no_grad():
             self.param.copy_(point)
         with torch.enable_grad():
             loss = output_distance(self.space.model(self.param, x), reference, self.distance)
             (grad,) = torch.autograd.grad(loss, self.param)
+        grad = distributed.average(grad, len(x))
         total = self.space.proju(point, grad + self.lam * observation.gradient)
         if self.normalize:
             total = total / torch.linalg.vector_norm(total).clamp_min(1e-30)

@@ -32,8 +32,9 @@ from typing import Any
 
 from torch import Tensor
 
+from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
-from weightgeo.rundir import dumps, load_tensors, save_tensors, write_text
+from weightgeo.rundir import append_lines, dumps, load_tensors, save_tensors, write_text
 from weightgeo.stopping import Stop, StopReason
 
 _WAYPOINTS = "waypoints"
@@ -92,7 +93,7 @@ class Path:
         self._memory_waypoints: dict[int, Tensor] = {}
         self._saved_points: list[int] = []
         self._stage: str | None = None
-        if self.directory is not None:
+        if self.directory is not None and distributed.is_writer():
             # A new path replaces one left in the same directory (continuing one is
             # Path.resume's job): its files are removed, never appended to.
             for stale in [self.directory / _RECORDS, self.directory / _SUMMARY, self.directory / _STATE,
@@ -152,7 +153,7 @@ class Path:
     def save_waypoint(self, k: int, theta: Tensor) -> None:
         if k in self._saved_points:
             return
-        if self.directory is None:
+        if self.directory is None or not distributed.is_writer():  # ranks > 0 keep theirs in memory
             self._memory_waypoints[k] = theta.detach().clone()
         else:
             save_tensors(_waypoint_file(self.directory, k), {"theta": theta.detach().cpu()})
@@ -179,9 +180,7 @@ class Path:
         self._pending = []
         self.records.extend(rows)
         if self.directory is not None:
-            with open(self.directory / _RECORDS, "a") as handle:
-                for row in rows:
-                    handle.write(dumps(row) + "\n")
+            append_lines(self.directory / _RECORDS, [dumps(row) for row in rows])
             self._write_summary()
 
     def _rewrite_records(self) -> None:
@@ -215,7 +214,7 @@ class Path:
         if len(self):
             self.save_waypoint(len(self) - 1, self.end)
         self.stop = _stop(stop, max(0, len(self) - 1))
-        if self.directory is not None:
+        if self.directory is not None and distributed.is_writer():
             (self.directory / _STATE).unlink(missing_ok=True)
         self._write_summary()
         return self
@@ -265,7 +264,7 @@ class Path:
             return self.end
         if k not in self._saved_points:
             raise WeightgeoError(f"point {k} was not saved (saved every {self.save_every} points)")
-        if self.directory is None:
+        if k in self._memory_waypoints:
             return self._memory_waypoints[k]
         return _read_waypoint(self.directory, k).to(self.start.device)
 

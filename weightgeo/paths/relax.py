@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from weightgeo import distributed
 from weightgeo.data.streams import Stream, stream
 from weightgeo.errors import WeightgeoError
 from weightgeo.manifolds.weight_space import WeightSpace
@@ -134,7 +135,9 @@ class PathEnergy:
             with torch.no_grad():
                 t = torch.linspace(0, 1, self.nodes + 2, dtype=z.dtype, device=z.device)[:, None]
                 line = self.theta_a + t * (self.theta_b - self.theta_a)
-                self.scale = self.energy(line, x).clamp_min(torch.finfo(z.dtype).tiny)
+                # the same constant on every rank: the line's energy over the whole batch
+                line_energy = distributed.average(self.energy(line, x), distributed.batch_size(batch))
+                self.scale = line_energy.clamp_min(torch.finfo(z.dtype).tiny)
         total = energy / self.scale if self.normalize else energy
         task_loss = torch.zeros((), dtype=z.dtype, device=z.device)
         if task is not None:
@@ -255,7 +258,7 @@ def relax(
                  checkpoint_every=checkpoint_every, resume=saved)
     with torch.no_grad():
         full = loss.polyline(result.param)
-        sq = space.segment_energies(full, loss.last.get("x"))
+        lengths = space.segment_lengths(full, loss.last.get("x"))
     path = Path(theta_a, directory=directory, save_every=1, meta={
         "tracer": "relax", "metric": type(space.metric).__name__, "nodes": nodes, "steps": steps, "lr": lr,
         "optimizer": optimizer, "task_weight": task_weight, "normalize": normalize,
@@ -265,7 +268,7 @@ def relax(
     euclid = (full[1:] - full[:-1]).norm(dim=-1)
     for k in range(nodes + 2):
         seg = {"metric_length": 0.0, "euclidean_length": 0.0} if k == 0 else {
-            "metric_length": sq[k - 1].clamp_min(0).sqrt(), "euclidean_length": euclid[k - 1]}
+            "metric_length": lengths[k - 1], "euclidean_length": euclid[k - 1]}
         path.append(full[k], grad_evals=result.grad_evals if k else 0, **seg)
         if evaluate is not None:
             path.update_last(**evaluate(full[k]))
