@@ -282,3 +282,63 @@ def test_diagonal_fisher_charges_its_construction_once(model_case):
     assert op.solve(g, 0.1).cost == classes
     assert op.solve(g, 0.1).cost == 0
     assert DiagonalFisher(model, x, targets=torch.zeros(len(x), dtype=torch.long)).at(theta).solve(g, 0.1).cost == 1
+
+
+# -- metrics by name or import path -------------------------------------------------------------
+class UserMetric(Metric):
+    """A user's metric as ``--metric tests.test_metrics:UserMetric`` builds it: G = 2 I."""
+
+    product_cost = 0
+
+    def __init__(self, model, inputs) -> None:
+        self.inputs = inputs
+
+    def mvp(self, theta, v):
+        return 2 * v
+
+
+def not_a_metric(model, inputs):
+    return "output"
+
+
+def test_the_registry_holds_every_built_in_metric():
+    from weightgeo.metrics import METRIC_HELP, METRICS
+
+    assert list(METRICS) == ["output", "fisher", "diag-fisher", "euclidean", "kfac", "nystrom"]
+    assert all(name in METRIC_HELP for name in METRICS) and "package.module:Name" in METRIC_HELP
+    model, x = torch.nn.Linear(3, 2).double(), torch.randn(4, 3, dtype=torch.float64)
+    theta = FunctionalModel(model).theta()
+    assert type(build_metric("kfac", model, x)).__name__ == "KFACMetric"
+    nystrom = build_metric("nystrom", model, x)
+    assert nystrom.rank == len(theta)  # the default rank 20, capped at the dimension (8)
+    v = torch.randn_like(theta)
+    assert torch.equal(nystrom.at(theta) @ v, build_metric("nystrom", model, x).at(theta) @ v)  # seeded
+
+
+def test_a_metric_by_import_path():
+    model, x = torch.nn.Linear(3, 2), torch.zeros(4, 3)
+    metric = build_metric("tests.test_metrics:UserMetric", model, x)
+    assert type(metric).__name__ == "UserMetric" and metric.inputs is x
+    theta = torch.ones(8)
+    assert torch.equal(metric.at(theta) @ theta, 2 * theta)
+    with pytest.raises(WeightgeoError, match="cannot import 'tests.nowhere'"):
+        build_metric("tests.nowhere:UserMetric", model, x)
+    with pytest.raises(WeightgeoError, match="has no 'Missing'"):
+        build_metric("tests.test_metrics:Missing", model, x)
+    with pytest.raises(WeightgeoError, match="built a str, not a weightgeo Metric"):
+        build_metric("tests.test_metrics:not_a_metric", model, x)
+    with pytest.raises(WeightgeoError, match="is a float, not a class or function"):
+        build_metric("math:pi", model, x)
+
+
+def test_the_metric_option_takes_names_and_import_paths():
+    import click
+
+    from weightgeo.commands.options import metric_name
+
+    assert metric_name(None, None, "kfac") == "kfac"
+    assert metric_name(None, None, "tests.test_metrics:UserMetric") == "tests.test_metrics:UserMetric"
+    with pytest.raises(click.BadParameter, match="unknown metric 'nope'; choose one of output, fisher"):
+        metric_name(None, None, "nope")
+    with pytest.raises(click.BadParameter, match="cannot import"):
+        metric_name(None, None, "tests.nowhere:X")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import click
 
 from weightgeo.errors import WeightgeoError
-from weightgeo.metrics.registry import METRIC_NAMES
+from weightgeo.metrics.registry import METRIC_HELP, metric_builder
 
 
 def positive_float(ctx, param, value):
@@ -24,6 +24,18 @@ def nonnegative_float(ctx, param, value):
         return value
     if not value >= 0:
         raise click.BadParameter(f"must be ≥ 0, got {value}")
+    return value
+
+
+def metric_name(ctx, param, value):
+    """--metric: a registered metric name or an import path package.module:Name (resolved now,
+    so that a wrong one is one line before any work)."""
+    if value is None:
+        return value
+    try:
+        metric_builder(value)
+    except WeightgeoError as err:
+        raise click.BadParameter(str(err)) from None
     return value
 
 
@@ -86,7 +98,7 @@ def data_options(func):
     return wrapper
 
 
-def path_options(func=None, *, metrics: tuple[str, ...] = METRIC_NAMES, default_metric: str = "output",
+def path_options(func=None, *, default_metric: str = "output",
                  step_size: float = 0.1, max_steps: int = 300, damping: float = 1e-3):
     """Options of every command that traces a path: --step-size, --max-steps, --damping,
     --metric, --cg-iters, --metric-batch, plus --seed, --device, --out, --overwrite."""
@@ -98,8 +110,8 @@ def path_options(func=None, *, metrics: tuple[str, ...] = METRIC_NAMES, default_
                       help="The most steps a path may take.")
         @click.option("--damping", default=damping, show_default=True, type=float, callback=nonnegative_float,
                       help="μ in the damped natural-gradient step (G + μI)^-1 ∇O.")
-        @click.option("--metric", default=default_metric, show_default=True, type=click.Choice(metrics),
-                      help="The task metric G: output (JᵀJ on logits), fisher, diag-fisher or euclidean.")
+        @click.option("--metric", default=default_metric, show_default=True, callback=metric_name,
+                      help=METRIC_HELP)
         @click.option("--cg-iters", default=10, show_default=True, type=click.IntRange(min=1),
                       help="Conjugate-gradient iterations per step.")
         @click.option("--metric-batch", default=256, show_default=True, type=click.IntRange(min=1),

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import Tensor
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 from weightgeo.errors import WeightgeoError
 
@@ -114,3 +116,9 @@ def lacks_forward_mode(error: BaseException) -> bool:
     """Whether ``error`` says that an operation has no forward-mode derivative."""
     return any(pattern.search(str(error)) and derivative == FORWARD_MODE
                for pattern, derivative, _ in _REPORTS)
+
+
+def differentiated(t: Tensor) -> bool:
+    """Whether a computation with ``t`` is being differentiated (autograd or a torch.func
+    transform): products then keep θ in the graph instead of detaching it."""
+    return (torch.is_grad_enabled() and t.requires_grad) or is_functorch_wrapped_tensor(t)

@@ -16,7 +16,7 @@ from torch.func import jacrev, vmap
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
 from weightgeo.metrics.base import Metric, MetricOperator, Solution
-from weightgeo.metrics.derivatives import explain_missing_derivatives
+from weightgeo.metrics.derivatives import differentiated, explain_missing_derivatives
 
 
 class DiagonalOperator(MetricOperator):
@@ -85,8 +85,8 @@ class DiagonalFisher(Metric):
         return other
 
     def diagonal(self, theta: Tensor) -> Tensor:
-        """diag G(θ), computed in chunks of examples."""
-        theta = theta.detach()
+        """diag G(θ), computed in chunks of examples (differentiable in θ when differentiated)."""
+        theta = theta if differentiated(theta) else theta.detach()
         total = torch.zeros_like(theta)
         for start in range(0, self.inputs.shape[0], self.chunk_size):
             x = self.inputs[start : start + self.chunk_size]

@@ -38,7 +38,11 @@ from torch.func import jvp, vjp
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
 from weightgeo.metrics.base import Metric, MetricOperator
-from weightgeo.metrics.derivatives import explain_missing_derivatives, lacks_forward_mode
+from weightgeo.metrics.derivatives import (
+    differentiated,
+    explain_missing_derivatives,
+    lacks_forward_mode,
+)
 
 FIRST_ORDER_WAY_OUT = "use a metric that needs only first derivatives (diag-fisher, euclidean)"
 
@@ -155,9 +159,13 @@ class PullbackMetric(Metric):
 
         A network with an operation that has no forward-mode formula (or whose output lost the
         tangent) takes the linearisation's route instead, which needs only second derivatives.
+        A product that is itself differentiated (θ or v requires grad, or inside a torch.func
+        transform) is computed by torch.func, so its derivatives are exact.
         """
         if v.dim() != 1:
             return self.at(theta) @ v
+        if differentiated(theta) or differentiated(v):
+            return self._composable_product(theta, v)
         try:
             with self.model.higher_derivatives():
                 product = self._single_product(theta, v)
@@ -166,6 +174,20 @@ class PullbackMetric(Metric):
                 raise
             product = None
         return self.at(theta) @ v if product is None else product
+
+    def _composable_product(self, theta: Tensor, v: Tensor) -> Tensor:
+        """G(θ) v by torch.func (a jvp and a vjp), differentiable in θ and v by any transform:
+        the product inside another metric's derivatives (a Nyström sketch, a user's metric)."""
+        model, inputs = self.model, self.inputs
+
+        def logits_of(t: Tensor) -> Tensor:
+            return model(t, inputs)
+
+        with model.higher_derivatives(), explain_missing_derivatives(
+                f"differentiating {type(self).__name__}'s products needs", FIRST_ORDER_WAY_OUT):
+            logits, jv = jvp(logits_of, (theta,), (v,))
+            _, pullback = vjp(logits_of, theta)
+            return pullback(self.output_product(logits, jv))[0] / jv.shape[0]
 
     def _single_product(self, theta: Tensor, v: Tensor) -> Tensor | None:
         """G(θ) v by dual numbers, or None when the output carries no tangent."""
