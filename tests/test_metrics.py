@@ -329,6 +329,8 @@ def test_a_metric_by_import_path():
         build_metric("tests.test_metrics:not_a_metric", model, x)
     with pytest.raises(WeightgeoError, match="is a float, not a class or function"):
         build_metric("math:pi", model, x)
+    with pytest.raises(WeightgeoError, match="must build the metric from \\(model, inputs\\)"):
+        build_metric("weightgeo.metrics:Euclidean", model, x)
 
 
 def test_the_metric_option_takes_names_and_import_paths():

@@ -11,6 +11,10 @@ from weightgeo import DiagonalFisher, Euclidean, FunctionalModel, OutputMetric, 
 from weightgeo.errors import WeightgeoError
 
 
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
 @pytest.fixture
 def setup():
     torch.manual_seed(0)
@@ -197,3 +201,130 @@ def test_user_module_is_never_mutated(setup):
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     assert all(p.requires_grad for p in model.parameters())
+
+
+# -- the README's examples (kept identical to README.md) -----------------------------------------
+README_USER_METRIC = '''
+import torch
+from weightgeo.metrics import Metric
+
+class CostlyLargeWeights(Metric):
+    """G(θ) = diag(1 + θ²): moving a large weight costs more."""
+
+    product_cost = 0  # its products never run the network
+
+    def mvp(self, theta, v):
+        return (1 + theta**2) * v
+'''
+
+README_TRANSFORMER = '''
+import torch
+from torch import nn
+import weightgeo as wg
+
+class TextClassifier(nn.Module):
+    """Token embeddings → 2-layer transformer encoder → mean over tokens → 4 classes."""
+
+    def __init__(self, vocabulary=1000, width=32, classes=4):
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, width)
+        layer = nn.TransformerEncoderLayer(width, nhead=4, dim_feedforward=64, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens)).mean(1))
+
+torch.manual_seed(0)
+model = TextClassifier()
+keep = torch.randint(0, 1000, (32, 16))                  # inputs whose outputs should not change
+new_x, new_y = torch.randint(0, 1000, (32, 16)), torch.randint(0, 4, (32,))
+
+metric = wg.OutputMetric(model, keep)                    # G = JᵀJ through attention and LayerNorm
+space = wg.WeightSpace(model, metric, damping=1e-3)
+path = wg.traverse(space, wg.TaskLoss(model, (new_x, new_y)), step_size=0.05, max_steps=10)
+'''
+
+
+def _readme_block(code: str) -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert code.strip() in readme, "a README example changed: update the test"
+
+
+def _arc_length(x: torch.Tensor, a: float) -> torch.Tensor:
+    """s(x) = ∫₀ˣ √(a + t²) dt, the arc length of the 1-D metric a + t²."""
+    return 0.5 * (x * torch.sqrt(a + x**2) + a * torch.asinh(x / a**0.5))
+
+
+def _inverse_arc_length(s: torch.Tensor, a: float) -> torch.Tensor:
+    x = torch.zeros_like(s)
+    for _ in range(60):  # Newton on s(x) = s, s' = √(a + x²)
+        x = x - (_arc_length(x, a) - s) / torch.sqrt(a + x**2)
+    return x
+
+
+def test_the_readme_user_metric_runs_in_every_tracer_and_geoopt():
+    """G = diag(1 + θ²) is a product of 1-D metrics: geodesics of G + λI move each coordinate at
+    constant speed in its arc length s(x) = ∫√(1 + λ + t²) dt, and d(x, y)² = Σ (s(y) − s(x))²."""
+    from weightgeo.objectives import TaskLoss
+    from weightgeo.paths import relax, traverse
+
+    _readme_block(README_USER_METRIC)
+    namespace: dict = {}
+    exec(README_USER_METRIC, namespace)
+    metric = namespace["CostlyLargeWeights"]()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    fmodel = FunctionalModel(model)
+    theta, x, y = fmodel.theta(), torch.randn(12, 3, dtype=torch.float64), torch.randint(0, 2, (12,))
+    damping = 0.01
+    space = WeightSpace(fmodel, metric, damping=damping, cg_maxiter=50, cg_tol=1e-14)
+    a = 1 + damping
+    u = 0.3 * torch.randn_like(theta)
+    exact = _inverse_arc_length(_arc_length(theta, a) + torch.sqrt(a + theta**2) * u, a)
+    assert rel(space.expmap(theta, u, steps=40), exact) < 1e-7
+    # relax: its length approaches the geodesic distance from above
+    far = exact + 0.5 * torch.randn_like(theta)
+    distance = float(torch.linalg.vector_norm(_arc_length(far, 1.0) - _arc_length(theta, 1.0)))
+    straight = WeightSpace(fmodel, metric).segment_energies(
+        torch.stack([theta + t * (far - theta) for t in torch.linspace(0, 1, 17, dtype=theta.dtype)]))
+    path = relax(WeightSpace(fmodel, metric), theta, far, nodes=15, steps=300, lr=1e-2)
+    assert path.metric_length < float(straight.sqrt().sum())
+    assert path.metric_length == pytest.approx(distance, rel=2e-3)
+    # traverse lowers a task loss; geoopt's RiemannianSGD is the damped natural-gradient step
+    walk = traverse(space, TaskLoss(fmodel, (x, y)), step_size=0.05, max_steps=5)
+    assert walk.records[-1]["objective"] < walk.records[0]["objective"] and walk.grad_evals == 6
+    point = geoopt.ManifoldParameter(theta.clone(), manifold=space)
+    nn.functional.cross_entropy(fmodel(point, x), y).backward()
+    grad = point.grad.clone()
+    geoopt.optim.RiemannianSGD([point], lr=0.5).step()
+    assert rel(point.detach(), theta - 0.5 * grad / (1 + theta**2 + damping)) < 1e-12
+
+
+def test_the_readme_transformer_example():
+    _readme_block(README_TRANSFORMER)
+    namespace: dict = {}
+    exec(README_TRANSFORMER, namespace)
+    path = namespace["path"]
+    assert len(path) == 11
+    assert path.records[-1]["objective"] < path.records[0]["objective"]
+
+
+def test_solve_costs_are_the_metrics_own():
+    """A budget test reads each metric's solve cost: CG products, or an exact solve's build."""
+    from weightgeo.metrics import KFACMetric, NystromMetric
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    assert WeightSpace(model, OutputMetric(model, x), cg_maxiter=7).solve_cost() == 7
+    assert WeightSpace(model, Euclidean(), cg_maxiter=7).solve_cost() == 0
+    assert WeightSpace(model, DiagonalFisher(model, x)).solve_cost(50) == 3  # one per class
+    kfac = KFACMetric(model, x)
+    space = WeightSpace(model, kfac)
+    theta = space.model.theta()
+    assert space.solve_cost(50) == 4 == space.natural_gradient(theta, torch.ones_like(theta)).cost
+    nystrom = WeightSpace(model, NystromMetric(OutputMetric(model, x), rank=5))
+    assert nystrom.solve_cost(50) == 5 == nystrom.natural_gradient(theta, torch.ones_like(theta)).cost

@@ -172,7 +172,7 @@ class WeightSpace(geoopt.Manifold):
 
     def solve_cost(self, maxiter: int | None = None) -> int:
         """The most gradient evaluations one solve may spend (a budget test)."""
-        return (self.cg_maxiter if maxiter is None else maxiter) * self.metric.product_cost
+        return self.metric.solve_cost(self.cg_maxiter if maxiter is None else maxiter)
 
     def segment_energies(self, points: Tensor, inputs: Tensor | None = None) -> Tensor:
         """d²(θ_k, θ_{k+1}) under the metric (on ``inputs`` if given) for rows of ``points``, in

@@ -195,6 +195,11 @@ class Metric(ABC):
         model = getattr(self, "model", None)
         return model.higher_derivatives() if hasattr(model, "higher_derivatives") else higher_derivatives()
 
+    def solve_cost(self, maxiter: int) -> int:
+        """The most gradient evaluations one damped solve at a new point may spend (a budget
+        test): ``maxiter`` CG products by default; a metric with an exact solve charges its build."""
+        return maxiter * self.product_cost
+
     def energy_cost(self, segments: int) -> int:
         """Gradient evaluations of one :meth:`segment_energies` call over ``segments`` segments
         and its backward pass (relax's budget)."""

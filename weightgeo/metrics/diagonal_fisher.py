@@ -139,8 +139,15 @@ class DiagonalFisher(Metric):
         return DiagonalOperator(self, theta, diag, build_cost=classes)
 
     def _num_classes(self, theta: Tensor) -> int:
-        with torch.no_grad():
-            return int(self.model(theta, self.inputs[:1]).shape[-1])
+        if getattr(self, "_classes", None) is None:
+            with torch.no_grad():
+                self._classes = int(self.model(theta.detach(), self.inputs[:1]).shape[-1])
+        return self._classes
+
+    def solve_cost(self, maxiter: int) -> int:
+        """An exact solve: building the diagonal, about one batch gradient per class (one per
+        target for the empirical Fisher), whatever ``maxiter``."""
+        return 1 if self.targets is not None else self._num_classes(self.model.theta())
 
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
         return self.diagonal(theta) * v

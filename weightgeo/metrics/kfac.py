@@ -280,9 +280,17 @@ class KFACMetric(Metric):
 
     @property
     def product_cost(self) -> int:  # type: ignore[override]
-        """One forward pass and one backward pass per output direction (C, or ``samples`` when
-        the output metric has more classes; ``samples`` + 1 until the first build)."""
-        return (self.samples if self._count is None else self._count) + 1
+        """One forward pass and one backward pass per output direction: C, or ``samples`` when
+        the output metric has more classes (C read off one example before the first build)."""
+        if self._count is None:
+            with torch.no_grad():
+                classes = int(self.model(self.model.theta(), self.inputs[:1]).shape[-1])
+            self._count = classes if self.kind == "fisher" or classes <= self.samples else self.samples
+        return self._count + 1
+
+    def solve_cost(self, maxiter: int) -> int:
+        """An exact solve: the factors' build, whatever ``maxiter``."""
+        return self.product_cost
 
     def with_inputs(self, inputs: Tensor) -> KFACMetric:
         return KFACMetric(self.model, inputs, self.kind, self.samples, self.generator)

@@ -8,6 +8,7 @@ reaches every command that takes ``--metric`` either by name, once registered
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -73,7 +74,14 @@ def build_metric(name: str, model: nn.Module | FunctionalModel, inputs: Tensor) 
     Raises:
         WeightgeoError: an unknown name or import path, or a builder that returns no Metric.
     """
-    metric = metric_builder(name)(model, inputs)
+    builder = metric_builder(name)
+    try:
+        inspect.signature(builder).bind(model, inputs)
+    except TypeError:
+        raise WeightgeoError(f"metric {name!r} must build the metric from (model, inputs)") from None
+    except ValueError:  # no signature to inspect (a builtin): call it and see
+        pass
+    metric = builder(model, inputs)
     if not isinstance(metric, Metric):
         raise WeightgeoError(f"metric {name!r} built a {type(metric).__name__}, not a weightgeo Metric")
     return metric
