@@ -7,28 +7,34 @@ table says how many seeds each method finished).
 
     .venv/bin/python benchmarks/continual_bar.py --root /tmp/clbench            # run, then table
     .venv/bin/python benchmarks/continual_bar.py --root /tmp/clbench --report   # table only
+    .venv/bin/python benchmarks/continual_bar.py --root /tmp/clbench --resume   # continue killed runs
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from pathlib import Path
 
-from weightgeo.applications.continual import ContinualConfig, run_experiment
+from weightgeo.applications.continual import run_experiment
+from weightgeo.applications.continual.runner import choose_strength
 
 SETUPS = [("permuted-mnist", "domain"), ("split-mnist", "task"), ("split-mnist", "class")]
 
 
+def _unit_rows(run: Path, kind: str) -> list[dict]:
+    """The rows of the finished units of ``kind`` ("result" or "tuning"), partial runs included."""
+    lines = (run / "units.jsonl").read_text().splitlines()
+    return [row for line in lines if line.strip() for row in json.loads(line)["rows"] if row.get("kind") == kind]
+
+
 def table(run: Path) -> str:
-    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines() if line.strip()]
-    chosen = {}
-    if (run / "tuning.csv").exists():
-        for r in csv.DictReader(open(run / "tuning.csv")):
-            if r["chosen"] == "True":
-                chosen[r["method"]] = r["strength"]
+    rows = _unit_rows(run, "result")
+    trials: dict[str, list[dict]] = {}
+    for row in _unit_rows(run, "tuning"):
+        trials.setdefault(row["method"], []).append(row)
+    chosen = {method: choose_strength(mine) for method, mine in trials.items()}
     out = ["| method | strength | seeds | ACC | BWT | forgetting | plasticity | grad evals / task | s / seed |",
            "|---|---|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -44,7 +50,7 @@ def table(run: Path) -> str:
 
         per_task = "total " + str(mine[0]["grad_evals"]) if method == "joint" else str(mine[0]["grad_evals_per_task"])
         seconds = sum(r["seconds"] for r in mine) / len(mine)
-        out.append(f"| {method} | {chosen.get(method, '—')} | {len(mine)} | {cell('avg_accuracy')} | {cell('bwt')} | "
+        out.append(f"| {method} | {chosen.get(method) or '—'} | {len(mine)} | {cell('avg_accuracy')} | {cell('bwt')} | "
                    f"{cell('forgetting')} | {cell('plasticity')} | {per_task} | {seconds:.0f} |")
     return "\n".join(out) + "\n"
 
@@ -54,14 +60,15 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--report", action="store_true", help="only print the table of existing runs")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of replacing them")
     args = parser.parse_args()
     root = Path(args.root)
     for tasks, scenario in SETUPS:
         run = root / f"{tasks}-{scenario}"
         if not args.report:
-            run_experiment(run, tasks=tasks, scenario=scenario, seeds=list(range(args.seeds)),
-                           config=ContinualConfig(), tune=True, overwrite=True)
-        if (run / "results.jsonl").exists():
+            run_experiment(run, tasks=tasks, scenario=scenario, seeds=args.seeds, tune=True,
+                           overwrite=not args.resume, resume=args.resume and (run / "config.json").exists())
+        if (run / "units.jsonl").exists():
             print(f"\n### {tasks}, {scenario}-incremental\n")
             print(table(run))
 

@@ -14,26 +14,26 @@ import json
 
 import torch
 
-from weightgeo.applications.continual import ContinualConfig, run_method
+from weightgeo.applications.continual import ContinualSettings, run_method
 from weightgeo.data.tasks import make_task_sequence
 
 VARIANTS = {
-    # name: (method, config overrides)
+    # name: (method, ContinualSettings fields)
     "finetune lr 0.01": ("finetune", {}),
-    "geodesic kfac output μ=0.1": ("geodesic", {"strengths": {"geodesic": 0.1}}),
-    "geodesic kfac output μ=0.01": ("geodesic", {"strengths": {"geodesic": 0.01}}),
-    "geodesic kfac output μ=1": ("geodesic", {"strengths": {"geodesic": 1.0}}),
-    "geodesic kfac fisher μ=0.1": ("geodesic", {"metric": "fisher", "strengths": {"geodesic": 0.1}}),
-    "geodesic kfac output μ=0.1 memory 300": ("geodesic", {"memory_per_task": 300, "strengths": {"geodesic": 0.1}}),
-    "geodesic kfac output μ=0.1 memory 20": ("geodesic", {"memory_per_task": 20, "strengths": {"geodesic": 0.1}}),
-    "geodesic kfac output μ=0.1 refresh 50": ("geodesic", {"refresh": 50, "strengths": {"geodesic": 0.1}}),
-    "geodesic kfac output μ=0.1 lr 0.05": ("geodesic", {"lr": 0.05, "strengths": {"geodesic": 0.1}}),
-    "geodesic nystrom rank 40 μ=0.1": ("geodesic", {"solver": "nystrom", "strengths": {"geodesic": 0.1}}),
-    "geodesic nystrom rank 150 μ=0.01": ("geodesic", {"solver": "nystrom", "rank": 150, "strengths": {"geodesic": 0.01}}),
-    "geodesic diag-fisher μ=1e-4": ("geodesic", {"metric": "diag-fisher", "strengths": {"geodesic": 1e-4}}),
-    "geodesic cg 3 iters μ=0.1": ("geodesic", {"solver": "cg", "cg_iters": 3, "strengths": {"geodesic": 0.1}}),
+    "geodesic kfac output μ=0.1": ("geodesic", {"strength": {"geodesic": 0.1}}),
+    "geodesic kfac output μ=0.01": ("geodesic", {"strength": {"geodesic": 0.01}}),
+    "geodesic kfac output μ=1": ("geodesic", {"strength": {"geodesic": 1.0}}),
+    "geodesic kfac fisher μ=0.1": ("geodesic", {"metric": "fisher", "strength": {"geodesic": 0.1}}),
+    "geodesic kfac output μ=0.1 memory 300": ("geodesic", {"memory": 300, "strength": {"geodesic": 0.1}}),
+    "geodesic kfac output μ=0.1 memory 20": ("geodesic", {"memory": 20, "strength": {"geodesic": 0.1}}),
+    "geodesic kfac output μ=0.1 refresh 50": ("geodesic", {"refresh": 50, "strength": {"geodesic": 0.1}}),
+    "geodesic kfac output μ=0.1 lr 0.05": ("geodesic", {"lr": 0.05, "strength": {"geodesic": 0.1}}),
+    "geodesic nystrom rank 40 μ=0.1": ("geodesic", {"solver": "nystrom", "strength": {"geodesic": 0.1}}),
+    "geodesic nystrom rank 150 μ=0.01": ("geodesic", {"solver": "nystrom", "rank": 150, "strength": {"geodesic": 0.01}}),
+    "geodesic diag-fisher μ=1e-4": ("geodesic", {"metric": "diag-fisher", "strength": {"geodesic": 1e-4}}),
+    "geodesic cg 3 iters μ=0.1": ("geodesic", {"solver": "cg", "cg_iters": 3, "strength": {"geodesic": 0.1}}),
     "geodesic traverse (papers' step) ε=0.05": ("geodesic", {"solver": "traverse", "cg_iters": 10,
-                                                              "strengths": {"geodesic": 1e-3}}),
+                                                              "strength": {"geodesic": 1e-3}}),
 }
 
 
@@ -47,8 +47,8 @@ def main() -> None:
     names = args.only.split(",") if args.only else list(VARIANTS)
     for name in names:
         method, overrides = VARIANTS[name]
-        config = ContinualConfig(**overrides)
-        result = run_method(method, seq, "mlp", config, seed=args.seed)
+        settings = ContinualSettings(**overrides)
+        result = run_method(method, seq, "mlp", settings, seed=args.seed)
         row = {"variant": name, **{k: round(100 * v, 2) for k, v in result.scores.items()},
                "grad_evals_per_task": max(result.grad_evals), "seconds": round(result.seconds, 1),
                "threads": torch.get_num_threads()}

@@ -138,7 +138,7 @@ def test_continual_help_lists_the_cifar_sequences_counts_and_resnet18():
     assert "split-cifar100 (the classes of cifar100 in tasks of equal size)" in text
     assert "split-cifar100 10 (1/2/4/5/10/20/25/50)" in text and "split-mnist 5 (1/2/5)" in text
     assert "resnet18 for split-cifar10, split-cifar100" in text
-    assert "vgg16|resnet18|" in text  # a --model choice
+    assert "Choices: mlp, fashion-cnn, vgg11, vgg16, resnet18" in text  # the --model choices
 
 
 def _run_cli(tmp_path, model, n_tasks):

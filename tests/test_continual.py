@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +18,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from weightgeo.applications.continual import (
-    ContinualConfig,
+    ContinualSettings,
     KroneckerMetric,
     LowRankMetric,
     make_learner,
@@ -52,7 +59,7 @@ def tiny_seq():
 
 
 def _config(**kw):
-    return ContinualConfig(**{"budget": 12, "batch_size": 32, "memory_per_task": 7, **kw})
+    return ContinualSettings(**{"budget": 12, "batch_size": 32, "memory": 7, **kw})
 
 
 def test_memory_holds_the_requested_inputs_per_earlier_task(tiny_seq):
@@ -138,8 +145,8 @@ def test_kronecker_metric_is_exact_for_one_linear_layer_under_the_output_metric(
 def test_geodesic_direction_changes_old_outputs_far_less_than_sgd(tiny_seq):
     torch.manual_seed(0)
     fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)))
-    learner = make_learner("geodesic", fmodel, tiny_seq, _config(memory_per_task=50,
-                                                                   strengths={"geodesic": 1e-3}), seed=0)
+    learner = make_learner("geodesic", fmodel, tiny_seq, _config(memory=50,
+                                                                   strength={"geodesic": 1e-3}), seed=0)
     theta = learner.learn(0, fmodel.theta()).theta
     learner.after_task(0, theta)
     learner.before_task(1, theta)
@@ -204,7 +211,7 @@ def test_cli_seeds_run_s_to_s_plus_n_minus_1(tmp_path):
     assert {r["strength"] for r in rows if r["method"] == "l2"} == {"0.5"}
     # the CLI ran the library's l2 with these settings on seed 8's sequence and network
     seq = make_task_sequence("permuted-mnist", "domain", 2, seed=8, max_train=120)
-    config = ContinualConfig(budget=5, memory_per_task=5, strengths={"l2": 0.5})
+    config = ContinualSettings(n_tasks=2, budget=5, memory=5, strength={"l2": 0.5})
     direct = run_method("l2", seq, "mlp", config, seed=8).scores
     for key in ("avg_accuracy", "bwt", "plasticity"):
         assert float(rows[3][key]) == pytest.approx(100 * direct[key], rel=1e-5, abs=1e-4), key
@@ -227,11 +234,11 @@ def test_cli_geodesic_forgets_less_than_finetune_on_two_permuted_mnist5k_tasks(t
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--tasks", "rotated-mnist"], "unknown task sequence 'rotated-mnist'"),
+        (["--tasks", "rotated-mnist"], "--tasks: unknown value 'rotated-mnist'"),
         (["--n-tasks", "0"], "--n-tasks must be at least 1, got 0"),
         (["--tasks", "mnist-fashion", "--scenario", "domain"], "mnist-fashion cannot be domain-incremental"),
-        (["--method", "geodesic,magic"], "unknown method 'magic'"),
-        (["--strength", "ewc=abc"], "'abc' is not a number"),
+        (["--method", "geodesic,magic"], "--method: unknown value 'magic'"),
+        (["--strength", "ewc=abc"], "--strength expects a number, got 'abc'"),
     ],
 )
 def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
@@ -240,3 +247,145 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error: ") and message in err and "\n" not in err
+
+
+# -- faults: a killed run resumes to the uninterrupted numbers; a diverging method is one line ----------
+
+
+class _Killed(Exception):
+    """Stands for kill -9 right after a save."""
+
+
+class MemoryStore:
+    """A method's saved progress, kept as the bytes torch.save writes (read back weights-only)."""
+
+    def __init__(self, kill_after: int | None = None) -> None:
+        self.saved: bytes | None = None
+        self.saves = 0
+        self.kill_after = kill_after
+
+    def load(self):
+        return None if self.saved is None else torch.load(io.BytesIO(self.saved), weights_only=True)
+
+    def save(self, state) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.saved, self.saves = buffer.getvalue(), self.saves + 1
+        if self.saves == self.kill_after:
+            raise _Killed
+
+
+def _plain(matrix):
+    return [[None if math.isnan(a) else a for a in row] for row in matrix]
+
+
+@pytest.mark.parametrize(("method", "settings"), [
+    ("si", {}), ("ewc", {}), ("online-ewc", {}), ("l2", {}), ("replay", {}), ("fip", {}),
+    ("geodesic", {"refresh": 4, "budget": 30}), ("geodesic", {"solver": "cg", "cg_iters": 2}),
+])
+def test_a_method_stopped_after_a_task_resumes_from_it_to_the_uninterrupted_numbers(tiny_seq, method, settings):
+    config = _config(**settings)
+    net = {"model_config": {"hidden": [16]}, "seed": 1}
+    whole = run_method(method, tiny_seq, "mlp", config, **net)
+    store = MemoryStore(kill_after=1)  # dies right after saving task 1
+    with pytest.raises(_Killed):
+        run_method(method, tiny_seq, "mlp", config, store=store, **net)
+    store.kill_after = None
+    learned: list[str] = []
+    resumed = run_method(method, tiny_seq, "mlp", config, store=store, log=learned.append, **net)
+    assert [line.split(" (")[0] for line in learned] == [f"{method}: task 2/3", f"{method}: task 3/3"]
+    assert _plain(resumed.matrix) == _plain(whole.matrix)  # to the last bit
+    assert resumed.grad_evals == whole.grad_evals and resumed.scores == whole.scores
+    state = store.load()  # what was saved: finite, and the learner's state with it
+    assert state["done"] == 2 and bool(torch.isfinite(state["theta"]).all())
+    assert len(state["learner"]["memory"]["x"]) == 3
+
+
+def test_a_diverging_method_stops_in_one_line_and_saves_nothing_non_finite(tiny_seq):
+    store = MemoryStore()
+    result = run_method("l2", tiny_seq, "mlp", _config(lr=1e6), seed=0, model_config={"hidden": [16]},
+                        store=store)
+    assert result.diverged and result.stop.reason.value == "non-finite"
+    assert result.message.startswith("l2 (seed 0, task ") and "non-finite" in result.message
+    assert result.message.endswith("— lower --lr or the method's --strength") and "\n" not in result.message
+    row = result.row()
+    assert row["stop_reason"] == "non-finite" and row["avg_accuracy"] is None and row["stop_message"]
+    saved = store.load()
+    if saved is not None:  # only finished tasks are saved, all finite
+        assert bool(torch.isfinite(saved["theta"]).all())
+        assert all(bool(torch.isfinite(t).all()) for t in saved["learner"]["buffers"].values())
+
+
+def test_cli_a_diverging_method_exits_3_with_one_line_and_writes_the_others(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.run(
+        [sys.executable, "-m", "weightgeo", "continual", "--n-tasks", "2", "--budget", "6", "--max-train", "120",
+         "--memory", "5", "--method", "finetune,geodesic,fip", "--lr", "1e6", "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 3, process.stderr
+    errors = [line for line in process.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 3 and "Traceback" not in process.stderr
+    assert errors[0].startswith("Error: finetune (seed 0, task 1) stopped at step ") and errors[0].endswith(
+        "non-finite loss — lower --lr")
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["method"], r["stop_reason"]) for r in rows] == [
+        ("finetune", "non-finite"), ("geodesic", "non-finite"), ("fip", "non-finite")]
+    assert all(r["avg_accuracy"] == "" and r["stop_message"] for r in rows)
+    assert "Diverged" in (out / "summary.md").read_text()
+    assert not (out / "state").exists() or not any((out / "state").iterdir())
+
+
+_KILL_INSIDE_A_UNIT = """
+import os, signal, sys
+from pathlib import Path
+from weightgeo.data.streams import Minibatches
+state, unit = Path(sys.argv[sys.argv.index("--out") + 1]) / "state", os.environ["KILL_INSIDE"]
+draw = Minibatches.next
+def draw_or_die(self):  # the first minibatch after ``unit`` saved a finished task: kill -9 mid-task
+    if (state / (unit + ".pt")).exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+    return draw(self)
+Minibatches.next = draw_or_die
+from weightgeo.cli import main
+main(sys.argv[1:])
+"""
+_ARGS = ["continual", "--n-tasks", "2", "--budget", "15", "--max-train", "100", "--memory", "5",
+         "--method", "si,replay", "--tune", "--device", "cpu"]
+
+
+def _cli(out: Path, *extra: str, kill_inside: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_INSIDE": kill_inside or ""}
+    script = ["-c", _KILL_INSIDE_A_UNIT] if kill_inside else ["-m", "weightgeo"]
+    return subprocess.run([sys.executable, *script, *_ARGS, "--out", str(out), *extra], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _without_seconds(path: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(path))]
+
+
+@pytest.mark.slow
+def test_cli_killed_with_sigkill_inside_tuning_and_inside_a_run_resumes_to_the_uninterrupted_results(tmp_path):
+    whole = _cli(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    cut = tmp_path / "cut"
+    first = _cli(cut, kill_inside="tune_si_1")  # inside the second tuning trial, after its task 1
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    units = [json.loads(line)["unit"] for line in (cut / "units.jsonl").read_text().splitlines()]
+    assert units == ["tune/si/0.01", "tune/si/0.1"] and (cut / "state" / "tune_si_1.pt").exists()
+    second = _cli(cut, "--resume", kill_inside="seed0_replay")  # inside replay's run, after task 1
+    assert second.returncode == -signal.SIGKILL, second.stderr
+    assert "tune/si/0.1 already done (resumed)" in second.stderr
+    saved = torch.load(cut / "state" / "seed0_replay.pt", weights_only=True)
+    assert saved["done"] == 0 and bool(torch.isfinite(saved["theta"]).all())
+    third = _cli(cut, "--resume")
+    assert third.returncode == 0, third.stderr
+    assert "seed0/si already done (resumed)" in third.stderr
+    replayed = [line.split(" (")[0] for line in third.stderr.splitlines() if line.startswith("replay: task")]
+    assert replayed == ["replay: task 2/2"]  # task 1 came from the saved state, not from a rerun
+    for name in ("results.csv", "tuning.csv"):
+        assert _without_seconds(cut / name) == _without_seconds(tmp_path / "whole" / name), name
+    assert len(_without_seconds(cut / "tuning.csv")) == 5 and len(_without_seconds(cut / "results.csv")) == 2
+    matrices = [json.loads(line)["matrix"] for line in (cut / "results.jsonl").read_text().splitlines()]
+    assert matrices == [json.loads(line)["matrix"]
+                        for line in (tmp_path / "whole" / "results.jsonl").read_text().splitlines()]

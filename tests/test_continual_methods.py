@@ -19,13 +19,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from weightgeo.applications.continual import (
-    ContinualConfig,
+    ContinualSettings,
     make_learner,
     run_method,
     tune_strength,
 )
-from weightgeo.applications.continual.methods import empirical_fisher_diagonal
+from weightgeo.applications.continual.methods import ReplayBatches, empirical_fisher_diagonal
 from weightgeo.data.core import Data
+from weightgeo.data.streams import Fixed
 from weightgeo.data.tasks import Task, TaskSequence, make_task_sequence, mask_logits
 from weightgeo.functional import FunctionalModel
 from weightgeo.metrics import FisherMetric, OutputMetric
@@ -60,8 +61,8 @@ def small_net(outputs: int, hidden: int = 5) -> FunctionalModel:
     return FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, hidden), nn.Tanh(), nn.Linear(hidden, outputs)))
 
 
-def config(**kw) -> ContinualConfig:
-    return ContinualConfig(**{"budget": 13, "batch_size": 16, "memory_per_task": 6, **kw})
+def config(**kw) -> ContinualSettings:
+    return ContinualSettings(**{"budget": 13, "batch_size": 16, "memory": 6, **kw})
 
 
 def perturbed(theta: torch.Tensor, seed: int, scale: float = 0.3) -> torch.Tensor:
@@ -96,7 +97,7 @@ def test_empirical_fisher_diagonal_matches_a_per_example_loop_in_float64():
 def test_ewc_penalty_gradient_is_the_fisher_weighted_pull_back_to_every_old_solution():
     seq = synthetic_sequence("task", 2, n_train=20)
     fmodel = small_net(seq.num_outputs)
-    learner = make_learner("ewc", fmodel, seq, config(fisher_samples=64, strengths={"ewc": 3.0}))
+    learner = make_learner("ewc", fmodel, seq, config(fisher_samples=64, strength={"ewc": 3.0}))
     anchors = [perturbed(fmodel.theta(), k) for k in range(2)]
     fishers = [fisher_by_loop(fmodel, a, seq.tasks[k].train.x, seq.tasks[k].train.y, seq.allowed(k))
                for k, a in enumerate(anchors)]
@@ -115,6 +116,15 @@ def test_ewc_penalty_gradient_is_the_fisher_weighted_pull_back_to_every_old_solu
     t = theta.clone().requires_grad_(True)
     energy = 1.5 * sum((f * (t - a).square()).sum() for f, a in zip(fishers, anchors))
     assert torch.allclose(learner.penalty_grad(theta), torch.autograd.grad(energy, t)[0], rtol=1e-4, atol=1e-8)
+    # the loss the optimiser follows: the task's masked cross-entropy plus that energy as a term
+    x, y = seq.tasks[1].train.x, seq.tasks[1].train.y
+    t = theta.clone().requires_grad_(True)
+    loss = learner.training_loss(1)(t, (x, y))
+    u = theta.clone().requires_grad_(True)
+    cross_entropy = F.cross_entropy(mask_logits(fmodel(u, x), seq.allowed(1)), y)
+    assert torch.allclose(loss, cross_entropy + energy, rtol=1e-5)
+    assert torch.allclose(torch.autograd.grad(loss, t)[0], torch.autograd.grad(cross_entropy, u)[0] + expected,
+                          rtol=1e-4, atol=1e-7)
 
 
 def test_online_ewc_keeps_one_decayed_fisher_at_the_latest_solution():
@@ -122,7 +132,7 @@ def test_online_ewc_keeps_one_decayed_fisher_at_the_latest_solution():
     fmodel = small_net(seq.num_outputs)
     gamma, strength = 0.5, 2.0
     learner = make_learner("online-ewc", fmodel, seq,
-                           config(fisher_samples=64, online_gamma=gamma, strengths={"online-ewc": strength}))
+                           config(fisher_samples=64, online_gamma=gamma, strength={"online-ewc": strength}))
     anchors = [perturbed(fmodel.theta(), k) for k in range(3)]
     running = None
     theta = perturbed(fmodel.theta(), 7)
@@ -137,7 +147,7 @@ def test_online_ewc_keeps_one_decayed_fisher_at_the_latest_solution():
 def test_l2_penalty_gradient_pulls_to_the_previous_task_solution():
     seq = synthetic_sequence("domain", 2, n_train=20)
     fmodel = small_net(seq.num_outputs)
-    learner = make_learner("l2", fmodel, seq, config(strengths={"l2": 0.7}))
+    learner = make_learner("l2", fmodel, seq, config(strength={"l2": 0.7}))
     theta = perturbed(fmodel.theta(), 7)
     assert learner.penalty_grad(theta) is None
     for k in range(2):
@@ -151,7 +161,7 @@ def test_si_importance_is_the_path_integral_over_the_squared_displacement():
     seq = synthetic_sequence("domain", 2, n_train=20)
     fmodel = small_net(seq.num_outputs)
     xi, c_strength, lr = 0.1, 4.0, 0.2
-    learner = make_learner("si", fmodel, seq, config(si_xi=xi, strengths={"si": c_strength}))
+    learner = make_learner("si", fmodel, seq, config(si_xi=xi, strength={"si": c_strength}))
     n = fmodel.theta().numel()
     generator = torch.Generator().manual_seed(3)
     omega = torch.zeros(n)
@@ -175,6 +185,28 @@ def test_si_importance_is_the_path_integral_over_the_squared_displacement():
         assert (omega[1:] > 0).all() and omega[0] == 0  # positive where the path lowered the loss
 
 
+def test_si_integrates_the_task_losss_own_gradient_during_training():
+    # The optimiser follows ∇(L + penalty), but SI's path integral takes ∇L of the task's own loss
+    # at the point before each step (Zenke et al.): a strong penalty must not enter it.
+    seq = synthetic_sequence("domain", 2, n_train=16)
+    fmodel = small_net(seq.num_outputs)
+    learner = make_learner("si", fmodel, seq, config(batch_size=16, budget=3, strength={"si": 50.0}))
+    theta0 = learner.learn(0, fmodel.theta()).theta
+    learner.after_task(0, theta0)
+    start, seen = perturbed(theta0, 3), []
+    original = learner.after_step
+    learner.after_step = lambda before, after, g: (seen.append((before.clone(), g.clone())),  # noqa: E731
+                                                   original(before, after, g))
+    learner.learn(1, start)
+    assert len(seen) == 3 and torch.equal(seen[0][0], start)
+    data = seq.tasks[1].train  # one batch of 16 is the whole task: the gradient of its mean loss
+    for before, g in seen:
+        t = before.clone().requires_grad_(True)
+        expected = torch.autograd.grad(F.cross_entropy(fmodel(t, data.x), data.y), t)[0]
+        assert torch.allclose(g, expected, rtol=1e-4, atol=1e-7)
+    assert float(learner.penalty_grad(seen[1][0]).norm()) > 0.1 * float(seen[1][1].norm())  # not negligible
+
+
 # -- the penalties in training: every penalised method moves less in its own penalty --------------
 
 
@@ -182,7 +214,7 @@ def test_si_importance_is_the_path_integral_over_the_squared_displacement():
 def test_penalised_training_stays_closer_to_the_old_solution_than_finetune(method, strength):
     seq = synthetic_sequence("domain", 2, n_train=64)
     fmodel = small_net(seq.num_outputs)
-    cfg = config(budget=40, lr=0.05, strengths={method: strength})
+    cfg = config(budget=40, lr=0.05, strength={method: strength})
     learner = make_learner(method, fmodel, seq, cfg)
     theta0 = learner.learn(0, fmodel.theta()).theta
     learner.after_task(0, theta0)
@@ -212,7 +244,7 @@ def test_fip_first_two_steps_match_a_hand_computed_reference():
         steps = {}
         for budget in (3, 5):  # the objective at θ₀, then 2 per step (D and the objective)
             learner = make_learner("fip", fmodel, seq, config(budget=budget, batch_size=64, lr=lr,
-                                                              strengths={"fip": s}))
+                                                              strength={"fip": s}))
             learner.after_task(0, perturbed(fmodel.theta(), 0))
             learner.after_task(1, perturbed(fmodel.theta(), 1))
             theta0 = perturbed(fmodel.theta(), 2)
@@ -236,7 +268,7 @@ def test_fip_larger_strength_keeps_the_memory_outputs_closer():
     fmodel = small_net(seq.num_outputs)
     changes = {}
     for s in (0.3, 30.0):
-        learner = make_learner("fip", fmodel, seq, config(budget=41, lr=0.05, strengths={"fip": s}))
+        learner = make_learner("fip", fmodel, seq, config(budget=41, lr=0.05, strength={"fip": s}))
         theta0 = learner.learn(0, fmodel.theta()).theta
         learner.after_task(0, theta0)
         theta1 = learner.learn(1, theta0).theta
@@ -263,8 +295,8 @@ def test_geodesic_direction_is_mu_times_the_damped_dense_solve_for_one_linear_la
     torch.manual_seed(0)
     fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)))
     mu = 0.05
-    learner = make_learner("geodesic", fmodel, seq, config(budget=30, memory_per_task=per_task, solver=solver,
-                                                           metric=metric, rank=14, strengths={"geodesic": mu}))
+    learner = make_learner("geodesic", fmodel, seq, config(budget=30, memory=per_task, solver=solver,
+                                                           metric=metric, rank=14, strength={"geodesic": mu}))
     for k in range(old_tasks):
         learner.after_task(k, perturbed(fmodel.theta(), k))
     theta = perturbed(fmodel.theta(), 5)
@@ -296,8 +328,8 @@ def test_geodesic_first_step_on_a_new_task_follows_the_damped_natural_gradient(s
     torch.manual_seed(0)
     fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)))
     mu, lr = 0.05, 0.05
-    learner = make_learner("geodesic", fmodel, seq, config(solver=solver, batch_size=64, memory_per_task=2, lr=lr,
-                                                           strengths={"geodesic": mu}, **settings))
+    learner = make_learner("geodesic", fmodel, seq, config(solver=solver, batch_size=64, memory=2, lr=lr,
+                                                           strength={"geodesic": mu}, **settings))
     for k in range(2):
         learner.after_task(k, perturbed(fmodel.theta(), k))
     theta0 = perturbed(fmodel.theta(), 5)
@@ -321,7 +353,7 @@ def test_geodesic_first_step_on_a_new_task_follows_the_damped_natural_gradient(s
 def test_geodesic_learning_changes_the_memory_outputs_less_than_finetune():
     seq = synthetic_sequence("domain", 2, n_train=64)
     fmodel = small_net(seq.num_outputs, hidden=8)
-    cfg = config(budget=40, lr=0.05, memory_per_task=4, strengths={"geodesic": 1e-3})
+    cfg = config(budget=40, lr=0.05, memory=4, strength={"geodesic": 1e-3})
     geodesic = make_learner("geodesic", fmodel, seq, cfg)
     theta0 = geodesic.learn(0, fmodel.theta()).theta
     geodesic.after_task(0, theta0)
@@ -340,7 +372,7 @@ def test_geodesic_output_anchor_pulls_the_memory_outputs_back():
     fmodel = small_net(seq.num_outputs, hidden=8)
     distances = {}
     for anchor in (0.0, 5.0):
-        cfg = config(budget=40, lr=0.05, memory_per_task=4, anchor=anchor, strengths={"geodesic": 0.1})
+        cfg = config(budget=40, lr=0.05, memory=4, anchor=anchor, strength={"geodesic": 0.1})
         learner = make_learner("geodesic", fmodel, seq, cfg)
         theta0 = learner.learn(0, fmodel.theta()).theta
         learner.after_task(0, theta0)
@@ -398,7 +430,7 @@ def test_task_loss_uses_the_scenarios_output_units(scenario):
     theta = perturbed(fmodel.theta(), 1)
     x, y = seq.tasks[1].train.x, seq.tasks[1].train.y
     logits = fmodel(theta, x)
-    loss = learner.task_loss(theta, 1, x, y)
+    loss = learner.training_loss(1)(theta, (x, y))
     expected = F.cross_entropy(mask_logits(logits, _units(seq, 1, scenario)), y)
     assert torch.allclose(loss, expected, rtol=1e-6)
     if scenario != "domain":  # the other scenarios' units give other losses
@@ -411,12 +443,14 @@ def test_task_loss_uses_the_scenarios_output_units(scenario):
 def test_replay_trains_on_stored_examples_with_their_labels_and_units(scenario):
     seq = synthetic_sequence(scenario, 4, n_train=20)  # at task 2 of 4 the class units are not all units
     fmodel = small_net(seq.num_outputs)
-    learner = make_learner("replay", fmodel, seq, config(memory_per_task=5))
+    learner = make_learner("replay", fmodel, seq, config(memory=5))
     theta = perturbed(fmodel.theta(), 1)
     learner.after_task(0, theta)
     learner.after_task(1, theta)
     x, y = seq.tasks[2].train.x[:8], seq.tasks[2].train.y[:8]
-    bx, by = learner.batch(2, x, y, torch.Generator().manual_seed(0))
+    batch = ReplayBatches(Fixed((x, y)), learner.memory, seq, 2, generator=torch.Generator().manual_seed(0)).next()
+    bx, by = batch[:2]
+    assert len(batch) == (3 if scenario == "task" else 2)  # per-example units only in the task scenario
     assert bx.shape[0] == 16 and torch.equal(bx[:8], x) and torch.equal(by[:8], y)
     owners = [2] * 8
     for row, label in zip(bx[8:], by[8:]):
@@ -431,7 +465,7 @@ def test_replay_trains_on_stored_examples_with_their_labels_and_units(scenario):
         expected = torch.stack(per_example).mean()
     else:  # class: the units of every task seen so far; domain: all
         expected = F.cross_entropy(mask_logits(logits, _units(seq, 2, scenario)), by)
-    loss = learner.loss(theta, 2, bx, by)
+    loss = learner.training_loss(2)(theta, batch)
     assert torch.allclose(loss, expected, rtol=1e-6)
     if scenario != "domain":
         assert not torch.allclose(loss, F.cross_entropy(logits, by), rtol=1e-3)  # the units matter
@@ -489,7 +523,7 @@ def test_runner_anchors_each_penalty_at_the_solution_it_learned():
     # With a strong L2 pull to the previous task's weights the second task cannot move θ far:
     # task 1 keeps its accuracy. Anchored anywhere else (e.g. the initial weights) it would not.
     seq = synthetic_sequence("domain", 2, n_train=64)
-    result = run_method("l2", seq, "mlp", config(budget=60, lr=0.1, strengths={"l2": 10.0}), seed=0,
+    result = run_method("l2", seq, "mlp", config(budget=60, lr=0.1, strength={"l2": 10.0}), seed=0,
                         model_config={"hidden": [16]})
     assert result.matrix[0][0] > 0.7
     assert abs(result.matrix[1][0] - result.matrix[0][0]) <= 0.05, result.matrix
@@ -580,7 +614,7 @@ def test_tuning_reads_the_validation_split_and_never_the_test_split():
 
 def test_geodesic_forgets_less_than_finetune_on_two_permuted_mnist5k_tasks():
     seq = make_task_sequence("permuted-mnist", "domain", 2, seed=0, max_train=1000)
-    cfg = ContinualConfig(budget=100, memory_per_task=100)
+    cfg = ContinualSettings(n_tasks=2, budget=100, memory=100)
     finetune = run_method("finetune", seq, "mlp", cfg, seed=0).scores
     geodesic = run_method("geodesic", seq, "mlp", cfg, seed=0).scores
     assert finetune["avg_accuracy"] > 0.75  # both learn (chance: 0.1)

@@ -1,10 +1,13 @@
-"""Running continual-learning methods on a task sequence: accuracy matrices, tuning, experiments.
+"""Running a continual-learning method on a task sequence: the accuracy matrix, resumable per task.
 
-``run_method`` learns a sequence with one method and returns the accuracy matrix R
-(R[i][j]: accuracy on task j after learning tasks 0…i, in the sequence's scenario) with
-the budget spent per task. ``tune_strength`` picks a penalised method's strength on the
-validation split; ``run_experiment`` runs methods × seeds into a run directory (see
-:mod:`weightgeo.applications.continual.report`).
+``run_method`` learns a sequence with one method and returns the accuracy matrix R (R[i][j]:
+accuracy on task j after learning tasks 0…i, in the sequence's scenario) with the budget spent
+per task and how the method ended. Given a ``store`` it saves its progress after every task — θ,
+the learner's state (memory, penalties' anchors and Fishers, SI's importance, batch-norm
+buffers), the matrix so far and the global random state — and a rerun continues from the last
+finished task to the numbers an uninterrupted run gives. A method that diverges (a non-finite
+loss, gradient or step) stops there: its row says so in one line, nothing non-finite is kept.
+``tune_strength`` picks a penalised method's strength on the validation split.
 """
 
 from __future__ import annotations
@@ -12,29 +15,35 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
-from weightgeo.applications.continual.methods import (
-    DEFAULT_GRIDS,
-    METHODS,
-    PENALISED,
-    ContinualConfig,
-    make_learner,
-    train_joint,
-)
+from weightgeo.applications.continual.methods import METHODS, make_learner
 from weightgeo.applications.continual.scores import scores
+from weightgeo.applications.continual.settings import ContinualSettings
 from weightgeo.data.tasks import TaskSequence
 from weightgeo.errors import WeightgeoError
+from weightgeo.evaluation import evaluate
 from weightgeo.functional import FunctionalModel
 from weightgeo.models import build_model, check_model_fits, config_for_data
-from weightgeo.training import evaluate
+from weightgeo.rundir import json_safe
+from weightgeo.stopping import Stop
+
+
+class Store(Protocol):
+    """Where a run keeps its progress: ``load()`` (None: nothing yet) and ``save(state)``."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
 
 
 @dataclass
 class MethodResult:
-    """One method on one seed: its accuracy matrix (NaN above the diagonal) and its cost."""
+    """One method on one seed: its accuracy matrix (NaN where not measured), cost and ending."""
 
     method: str
     seed: int
@@ -44,21 +53,30 @@ class MethodResult:
     seconds: float
     strength: float | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    stop: Stop | None = None
+    message: str | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.stop is not None and self.stop.diverged
 
     def row(self) -> dict:
-        return {
-            "method": self.method,
-            "scenario": self.scenario,
-            "seed": self.seed,
+        """The result as plain JSON types (scores in percent; NaN → None)."""
+        row = {
+            "method": self.method, "scenario": self.scenario, "seed": self.seed,
             **{k: 100 * v for k, v in self.scores.items()},
-            "grad_evals": sum(self.grad_evals),
-            "grad_evals_per_task": max(self.grad_evals),
-            "seconds": self.seconds,
-            "strength": self.strength,
+            "grad_evals": sum(self.grad_evals), "grad_evals_per_task": max(self.grad_evals, default=0),
+            "seconds": self.seconds, "strength": self.strength,
+            "stop_reason": None if self.stop is None else self.stop.reason.value,
+            "matrix": self.matrix, "grad_evals_by_task": self.grad_evals,
         }
+        if self.diverged:
+            row["stop_message"] = self.message
+        return json_safe(row)
 
 
-def build_network(model_name: str, seq: TaskSequence, seed: int, device, config: dict | None = None):
+def build_network(model_name: str, seq: TaskSequence, seed: int, device, config: dict | None = None
+                  ) -> FunctionalModel:
     """A fresh network (seeded) whose head has the sequence's number of output units.
 
     The input size (or channels) comes from the tasks' inputs; a network that does not fit
@@ -76,108 +94,154 @@ def build_network(model_name: str, seq: TaskSequence, seed: int, device, config:
     return fmodel
 
 
-def _accuracy(fmodel, theta, buffers, seq: TaskSequence, task: int, seen: int, split: str) -> float:
-    data = getattr(seq.tasks[task], split)
-    allowed = seq.allowed(task, seen)
-    result = evaluate(fmodel, theta, data, buffers=buffers, units=allowed)
-    return result["accuracy"]
+def on_device(seq: TaskSequence, device: torch.device) -> TaskSequence:
+    """``seq`` with every split on ``device``."""
+    if seq.tasks[0].train.device == device:
+        return seq
+    tasks = [replace(t, train=t.train.to(device), val=t.val.to(device), test=t.test.to(device))
+             for t in seq.tasks]
+    return replace(seq, tasks=tasks)
 
 
-def run_method(
-    method: str,
-    seq: TaskSequence,
-    model_name: str = "mlp",
-    config: ContinualConfig | None = None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    split: str = "test",
-    model_config: dict | None = None,
-    log: Callable[[str], None] | None = None,
-) -> MethodResult:
-    """Learn ``seq`` with ``method``; R is measured on ``split`` ("test" or "val")."""
-    if method not in METHODS:
-        raise WeightgeoError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    config = config or ContinualConfig()
-    config.check()
-    device = torch.device(device)
-    seq_dev = _on_device(seq, device)
-    fmodel = build_network(model_name, seq_dev, seed, device, model_config)
-    theta = fmodel.theta()
-    n = len(seq_dev)
-    nan = math.nan
-    matrix = [[nan] * n for _ in range(n)]
-    started = time.perf_counter()
-    if method == "joint":
-        learned = train_joint(fmodel, seq_dev, config, theta, seed)
-        _load_buffers(fmodel, learned.buffers)
-        last = [_accuracy(fmodel, learned.theta, learned.buffers, seq_dev, j, n - 1, split) for j in range(n)]
-        matrix[n - 1] = last
-        seconds = time.perf_counter() - started
-        result = MethodResult(method, seed, seq.scenario, matrix, [learned.grad_evals], seconds)
-        result.scores = {"avg_accuracy": sum(last) / n, "bwt": nan, "forgetting": nan, "plasticity": nan}
-        return result
-    learner = make_learner(method, fmodel, seq_dev, config, seed)
-    spent = []
-    for t in range(n):
-        learned = learner.learn(t, theta)
-        theta = learned.theta
-        _load_buffers(fmodel, learned.buffers)
-        spent.append(learned.grad_evals)
-        learner.after_task(t, theta)
-        for j in range(t + 1):
-            matrix[t][j] = _accuracy(fmodel, theta, learned.buffers, seq_dev, j, t, split)
-        if log is not None:
-            row = " ".join(f"{100 * a:5.1f}" for a in matrix[t][: t + 1])
-            log(f"{method}: task {t + 1}/{n} ({learned.grad_evals} grad evals): {row}")
-    seconds = time.perf_counter() - started
-    result = MethodResult(method, seed, seq.scenario, matrix, spent, seconds, learner.strength)
-    result.scores = scores(matrix)
-    return result
+def accuracies(fmodel: FunctionalModel, theta: Tensor, buffers: dict, seq: TaskSequence, seen: int,
+               split: str) -> list[float]:
+    """The accuracy on each task 0…``seen`` after learning them, on their ``split`` and units."""
+    return [evaluate(fmodel, theta, getattr(seq.tasks[j], split), buffers=buffers,
+                     units=seq.allowed(j, seen))["accuracy"] for j in range(seen + 1)]
 
 
 def _load_buffers(fmodel: FunctionalModel, buffers: dict) -> None:
-    # The FunctionalModel is this runner's own copy: its eval-mode buffers follow training.
+    # The FunctionalModel is this runner's own: its eval-mode buffers follow training.
     with torch.no_grad():
         for name, b in fmodel.buffers.items():
             if name in buffers and buffers[name] is not b:
                 b.copy_(buffers[name])
 
 
-def _on_device(seq: TaskSequence, device: torch.device) -> TaskSequence:
-    if seq.tasks[0].train.device == device:
-        return seq
-    from dataclasses import replace
+def _random_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
-    tasks = [replace(t, train=t.train.to(device), val=t.val.to(device), test=t.test.to(device))
-             for t in seq.tasks]
-    return replace(seq, tasks=tasks)
+
+def _set_random_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def run_method(
+    method: str,
+    seq: TaskSequence,
+    model_name: str = "mlp",
+    settings: ContinualSettings | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    split: str = "test",
+    model_config: dict | None = None,
+    log: Callable[[str], None] | None = None,
+    store: Store | None = None,
+) -> MethodResult:
+    """Learn ``seq`` with ``method``; R is measured on ``split`` ("test" or "val").
+
+    Args:
+        method: a registered method (one line naming the choices otherwise).
+        seq: the task sequence.
+        model_name, model_config: the network (seeded by ``seed``).
+        settings: the methods' settings (default: the command's defaults).
+        store: where to save the progress after each task and find it again (``--resume``).
+    """
+    METHODS[method]  # an unknown method: one line naming the choices
+    settings = settings or ContinualSettings()
+    device = torch.device(device)
+    seq = on_device(seq, device)
+    fmodel = build_network(model_name, seq, seed, device, model_config)
+    learner = make_learner(method, fmodel, seq, settings, seed)
+    n = len(seq)
+    progress: dict[str, Any] = {"theta": fmodel.theta(), "matrix": [[math.nan] * n for _ in range(n)],
+                                "spent": [], "seconds": 0.0, "done": -1}
+    saved = store.load() if store is not None else None
+    if saved is not None:
+        progress = {k: saved[k] for k in progress}
+        learner.load_state_dict(saved["learner"])
+        _load_buffers(fmodel, learner.buffers)
+        _set_random_state(saved["random"], device)
+    theta, matrix, spent = progress["theta"], progress["matrix"], progress["spent"]
+    stop = message = None
+    for t in learner.stages(n):
+        if t <= progress["done"]:
+            continue
+        started = time.perf_counter()
+        learned = learner.learn(t, theta)
+        spent.append(learned.grad_evals)
+        stop = learned.stop
+        if stop.diverged:
+            message = stop.message(f"{method} (seed {seed}, task {t + 1})", learner.hint)
+            progress["seconds"] += time.perf_counter() - started
+            break
+        theta = learned.theta
+        _load_buffers(fmodel, learned.buffers)
+        learner.after_task(t, theta)
+        matrix[t][: t + 1] = accuracies(fmodel, theta, learned.buffers, seq, t, split)
+        progress["seconds"] += time.perf_counter() - started
+        if log is not None:
+            row = " ".join(f"{100 * a:5.1f}" for a in matrix[t][: t + 1])
+            log(f"{method}: task {t + 1}/{n} ({learned.grad_evals} grad evals): {row}")
+        if store is not None:
+            store.save({"theta": theta, "matrix": matrix, "spent": spent, "seconds": progress["seconds"],
+                        "done": t, "learner": learner.state_dict(), "random": _random_state(device)})
+    result = MethodResult(method, seed, seq.scenario, matrix, spent, progress["seconds"], learner.strength,
+                          stop=stop, message=message)
+    result.scores = ({k: math.nan for k in ("avg_accuracy", "bwt", "forgetting", "plasticity")}
+                     if result.diverged else scores(matrix))
+    return result
+
+
+def tuning_trial(method: str, strength: float, seq: TaskSequence, model_name: str, settings: ContinualSettings,
+                 seed: int, device, model_config: dict | None = None, store: Store | None = None) -> dict:
+    """One trial of the tuning: ``method`` at ``strength``, scored on the validation split (percent)."""
+    trial = settings.replace(strength={**settings.strength, method: strength}, damping=None)
+    result = run_method(method, seq, model_name, trial, seed, device, split="val", model_config=model_config,
+                        store=store)
+    return json_safe({"method": method, "strength": strength,
+                      "val_avg_accuracy": 100 * result.scores["avg_accuracy"], "val_bwt": 100 * result.scores["bwt"],
+                      "seconds": result.seconds, "stop_reason": result.row()["stop_reason"]})
+
+
+def choose_strength(trials: list[dict]) -> float | None:
+    """The strength with the best validation ACC (ties: the first; trials that diverged never)."""
+    finite = [r for r in trials if r["val_avg_accuracy"] is not None]
+    if not finite:
+        return None
+    return max(enumerate(finite), key=lambda pair: (pair[1]["val_avg_accuracy"], -pair[0]))[1]["strength"]
 
 
 def tune_strength(
     method: str,
     seq: TaskSequence,
     model_name: str,
-    config: ContinualConfig,
+    settings: ContinualSettings,
     seed: int,
     device,
     grid: tuple[float, ...] | None = None,
     model_config: dict | None = None,
     log: Callable[[str], None] | None = None,
-) -> tuple[float, list[dict]]:
-    """The strength of ``grid`` with the best average validation accuracy (ties: the first)."""
-    if method not in PENALISED:
+) -> tuple[float | None, list[dict]]:
+    """The strength of ``grid`` (default: the method's) with the best average validation accuracy."""
+    check_tunable(method, seq)
+    grid = METHODS[method].grid if grid is None else grid
+    trials = []
+    for value in grid:
+        trials.append(tuning_trial(method, value, seq, model_name, settings, seed, device, model_config))
+        if log is not None:
+            log(f"tune {method}: strength {value:g} → validation ACC {trials[-1]['val_avg_accuracy']}")
+    return choose_strength(trials), trials
+
+
+def check_tunable(method: str, seq: TaskSequence) -> None:
+    """Refuse tuning a method without a strength, or a sequence without a validation split."""
+    if METHODS[method].default_strength is None:
         raise WeightgeoError(f"{method} has no strength to tune")
     if any(len(t.val) == 0 for t in seq.tasks):
         raise WeightgeoError("tuning needs a validation split (val_fraction > 0)")
-    grid = DEFAULT_GRIDS[method] if grid is None else grid
-    trials = []
-    for value in grid:
-        trial = ContinualConfig(**{**config.__dict__, "strengths": {**config.strengths, method: value}})
-        result = run_method(method, seq, model_name, trial, seed, device, split="val",
-                            model_config=model_config)
-        trials.append({"method": method, "strength": value, "val_avg_accuracy": 100 * result.scores["avg_accuracy"],
-                       "val_bwt": 100 * result.scores["bwt"], "seconds": result.seconds})
-        if log is not None:
-            log(f"tune {method}: strength {value:g} → validation ACC {trials[-1]['val_avg_accuracy']:.2f}%")
-    best = max(trials, key=lambda r: (r["val_avg_accuracy"], -grid.index(r["strength"])))
-    return best["strength"], trials
