@@ -64,6 +64,7 @@ def test_every_method_is_exactly_sparse_and_within_budget(method: str) -> None:
         assert measured_sparsity(r.theta, eligible) == zeros / int(eligible.sum())
         assert not bool((r.theta[~r.keep] != 0).any())
         assert 0 <= r.grad_evals <= budget
+        assert 0 <= r.seconds < 600  # wall-clock seconds of this result
         if method not in ("magnitude",):
             assert r.grad_evals > 0
     if method == "magnitude":

@@ -355,6 +355,39 @@ def test_geodesic_under_a_diagonal_metric_projects_like_magnitude_pruning(metric
     diagonal = build_metric(metric, task.fmodel, task.inputs).at(task.theta).diagonal()
     expected = (diagonal * (task.theta * ~keep).square()).sum().sqrt()
     assert path.records[1]["metric_length"] == pytest.approx(float(expected), rel=1e-9)
+    # the projection costs the metric's products: none under the Euclidean metric, one evaluation per
+    # class for the diagonal Fisher; the rest of the budget went to the distillation
+    assert path.records[1]["grad_evals"] == {"euclidean": 0, "diag-fisher": CLASSES}[metric]
+    assert path.records[2]["distilled"] == 10 - path.records[1]["grad_evals"] == result.grad_evals - path.records[1]["grad_evals"]
+    for k in (1, 2):  # each segment's recorded Euclidean length is the step between the points
+        assert path.records[k]["euclidean_length"] == pytest.approx(float(torch.linalg.vector_norm(before[k] - before[k - 1])), rel=1e-6)
+
+
+def test_a_projection_that_is_not_finite_ends_the_path_at_the_last_finite_point(monkeypatch) -> None:
+    """A non-finite projection is never accepted: the stage is magnitude pruning of the last
+    finite point, the path and every later level end non-finite with the hint to raise --damping."""
+    from weightgeo.applications.sparsify import geodesic as module
+
+    calls = []
+
+    def poisoned(space, theta, keep, **solve):
+        projection = project_to_sparse(space, theta, keep, **solve)
+        calls.append(theta.clone())
+        return projection._replace(point=projection.point * float("nan")) if len(calls) == 2 else projection
+
+    monkeypatch.setattr(module, "project_to_sparse", poisoned)
+    task = _task(one_path=True, cg_iters=2)
+    path, (first, second) = geodesic_path(task, [0.5, 0.9], 60)
+    assert len(calls) == 2 and path.stop_reason == "non-finite"
+    assert not first.diverged and second.diverged and "— raise --damping" in second.message
+    reached, stage = calls[1], path.meta["stages"][1]  # the poisoned stage: the first one inserted after 50%
+    assert path.meta["stages"][0] == 0.5 and 0.5 < stage < 0.9
+    stage_keep = keep_mask(reached.abs(), task.eligible, stage) & first.keep
+    assert torch.equal(path.end, reached * stage_keep)  # the stage: magnitude pruning of the last finite point
+    assert path.records[-1]["metric_length"] == 0.0 and path.records[-1]["stage_sparsity"] == stage
+    expected = keep_mask((reached * stage_keep).abs(), task.eligible, 0.9) & stage_keep  # 90% read off it
+    assert torch.equal(second.keep, expected) and torch.equal(second.theta, reached * expected)
+    assert len(_pruned(second.keep, task.eligible)) == round(0.9 * 35)
 
 
 @pytest.mark.parametrize("ratio", [1.5, 3.0])
