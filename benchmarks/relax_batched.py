@@ -1,7 +1,9 @@
 """relax: one iteration with all K nodes in one vmapped pass vs a Python loop over the nodes.
 
-One iteration = the forward pass of the K + 2 nodes on a batch, the discrete output energy plus
-the task loss at the nodes, and its backward pass (what relax does per step). The default MLP
+One iteration = the forward pass of the K + 2 nodes on a batch (``FunctionalModel.stacked()``:
+vmapped, or its ``loop`` reference), the discrete output energy (the output metric's
+``output_distances``) plus the task loss at the nodes, and its backward pass (what relax does per
+step). The default MLP
 (784-300-100-10) on mnist5k inputs, float32. Usage:
 
     .venv/bin/python benchmarks/relax_batched.py [--nodes 16] [--batch 128] [--repeats 20]
@@ -21,14 +23,14 @@ import torch.nn.functional as F
 
 from weightgeo.data import load_dataset
 from weightgeo.functional import FunctionalModel
+from weightgeo.metrics import OutputMetric
 from weightgeo.models import build_model
-from weightgeo.paths.relax import NodeFunction, output_squared_distances
 
 
-def iteration(fn, call, stack_a, z, stack_b, x, y):
+def iteration(metric, call, stack_a, z, stack_b, x, y):
     full = torch.cat([stack_a, z, stack_b])
     out = call(full, x)
-    energy = (len(full) - 1) * output_squared_distances(out, "output").sum()
+    energy = (len(full) - 1) * metric.output_distances(out).sum()
     nodes = out[1:-1]
     loss = energy + F.cross_entropy(nodes.reshape(-1, nodes.shape[-1]), y.repeat(len(nodes)))
     (grad,) = torch.autograd.grad(loss, z)
@@ -51,18 +53,19 @@ def main() -> None:
     theta_b = theta_a + 0.1 * torch.randn_like(theta_a)
     t = torch.linspace(0, 1, args.nodes + 2, device=device)[1:-1, None]
     z = (theta_a + t * (theta_b - theta_a)).requires_grad_(True)
-    fn = NodeFunction(fm)
+    fn = fm.stacked()
+    metric = OutputMetric(fm, x)
     results = {}
     grads = {}
     for name, call in (("vmap", fn.__call__), ("loop", fn.loop)):
         for _ in range(3):  # warm-up
-            grads[name] = iteration(fn, call, theta_a[None], z, theta_b[None], x, y)
+            grads[name] = iteration(metric, call, theta_a[None], z, theta_b[None], x, y)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            iteration(fn, call, theta_a[None], z, theta_b[None], x, y)
+            iteration(metric, call, theta_a[None], z, theta_b[None], x, y)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - started)
