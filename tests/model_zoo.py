@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 from torchvision.models.resnet import BasicBlock
+from torchvision.ops import SqueezeExcitation
 
 from weightgeo import FunctionalModel
 from weightgeo.functional import OutputSelector
@@ -155,6 +156,21 @@ class Normalised(nn.Module):
         return self.head(self.layer(F.avg_pool2d(h, 2).flatten(1)))
 
 
+class MobileBlock(nn.Module):
+    """MobileNetV3's pieces: a depthwise conv, Hardswish, squeeze-and-excitation with Hardsigmoid
+    (whose fused backward has no derivative)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand, self.depthwise = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 3, groups=4)
+        self.excite = SqueezeExcitation(4, 2, scale_activation=nn.Hardsigmoid)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.excite(F.hardswish(self.depthwise(F.hardswish(self.expand(x)))))
+        return self.head(h.mean((2, 3)))
+
+
 class TiedEmbedding(nn.Module):
     """The output layer shares the embedding's weight (a language model's tied head)."""
 
@@ -223,6 +239,7 @@ CASES = (
     ModelCase("vit", small_vit, images(3, 8)),
     ModelCase("attention", CausalAttention, vectors(4, 4)),
     ModelCase("norms", Normalised, images(1, 6)),
+    ModelCase("mobile", MobileBlock, images(2, 5)),
     ModelCase("tied", TiedEmbedding, tokens(5, 3)),
     ModelCase("frozen", frozen_mlp, vectors(5)),
     ModelCase("dict-output", DictOutput, vectors(5), output="logits"),

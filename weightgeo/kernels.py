@@ -9,8 +9,8 @@ dual-number product and the geodesic force, second order for the linearisation):
   requires grad, as under ``torch.func.jvp``) has no derivative at all;
 - the forward-mode formulas of layer, instance and batch-statistics normalisation are right to
   first order but wrong when differentiated again (jvp of jvp, grad of jvp: PyTorch 2.14 gives
-  d²f[v, v] off by 10–100 %), and ``embedding_bag`` has neither forward mode nor a second
-  derivative;
+  d²f[v, v] off by 10–100 %), ``embedding_bag`` has neither forward mode nor a second
+  derivative, and ``hardsigmoid`` no second derivative;
 - cuDNN's RNNs (CUDA) have no second derivative.
 
 :func:`higher_derivatives` is the context that routes around them: the math attention, no
@@ -97,19 +97,24 @@ def _embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2, scal
     return {"sum": rows.sum(1), "mean": rows.mean(1), "max": rows.amax(1)}[mode]
 
 
+def _hardsigmoid(input, inplace=False):
+    return F.relu6(input + 3.0) / 6.0  # aten::hardsigmoid_backward has no derivative
+
+
 class ElementaryForms(TorchFunctionMode):
     """Normalisation and bags of embeddings in elementary operations.
 
     PyTorch's fused layer, instance and batch-statistics normalisation have forward-mode
-    formulas that are wrong when differentiated a second time, and ``embedding_bag`` has
-    neither a forward-mode formula nor a second derivative; the elementary forms have exact
-    derivatives of every order. Normalisation by running statistics (affine in its input),
+    formulas that are wrong when differentiated a second time, ``embedding_bag`` has neither a
+    forward-mode formula nor a second derivative, and ``hardsigmoid`` (MobileNetV3's squeeze
+    and excitation) no second derivative; the elementary forms have exact derivatives of every
+    order. Normalisation by running statistics (affine in its input),
     bags given by offsets and anything else run unchanged.
     """
 
     RULES: dict[Callable, Callable] = {
         F.layer_norm: _layer_norm, F.instance_norm: _instance_norm, F.batch_norm: _batch_norm,
-        F.embedding_bag: _embedding_bag}
+        F.embedding_bag: _embedding_bag, F.hardsigmoid: _hardsigmoid}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

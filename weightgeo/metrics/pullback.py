@@ -56,7 +56,7 @@ class PullbackOperator(MetricOperator):
         theta = theta.detach()
         inputs = metric.inputs
         with metric.model.higher_derivatives(), explain_missing_derivatives(
-                f"{type(metric).__name__}'s products need", FIRST_ORDER_WAY_OUT):  # a first-order fault
+                f"{type(metric).__name__}'s products need", FIRST_ORDER_WAY_OUT):
             self.logits, self._pullback = vjp(lambda t: metric.model(t, inputs), theta)
             zeros = torch.zeros_like(self.logits)
             # u ↦ Jᵀu is linear, so its own vjp at any u is v ↦ J v.
