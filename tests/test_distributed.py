@@ -1,0 +1,94 @@
+"""Data parallelism: two gloo ranks on the CPU give the single-process results on the whole batch.
+
+Two processes (loopback only) each evaluate their shard of every batch; the products, solves,
+gradients, a 20-step traverse and a few steps of training must equal one process on the
+concatenated batch (float64, to 1e-10), with uneven shards (7 examples: 4 + 3).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from weightgeo import distributed
+
+WORLD = 2
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(7, 5, dtype=torch.float64, generator=generator), torch.randint(0, 3, (7,), generator=generator)
+
+
+def computations() -> dict[str, torch.Tensor]:
+    """Everything checked, computed the same way by one process and by each rank."""
+    from weightgeo import FunctionalModel, OutputMetric, TargetPoint, TaskLoss, WeightSpace, traverse
+    from weightgeo.data.streams import Fixed
+    from weightgeo.evaluation import loss_and_correct
+    from weightgeo.optim import OptimizerSpec, SupervisedLoss, fit
+
+    model = _model()
+    fm = FunctionalModel(model)
+    theta = fm.theta()
+    x, y = _data()
+    v = torch.randn(fm.n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    out: dict[str, torch.Tensor] = {}
+    metric = OutputMetric(fm, x)
+    out["mvp"] = metric.mvp(theta, v)
+    out["warm product"] = metric.at(theta) @ v
+    space = WeightSpace(fm, metric, damping=1e-2, cg_maxiter=30, cg_tol=1e-12)
+    out["solve"] = space.natural_gradient(theta, v).x
+    value, grad = TaskLoss(fm, (x, y)).value_and_grad(theta)
+    out["task loss"], out["task gradient"] = value, grad
+    target = theta + 0.3 * v
+    path = traverse(space, TargetPoint(target), step_size=0.05, max_steps=20, start=theta)
+    out["traverse end"], out["traverse metric length"] = path.end, torch.tensor(path.metric_length)
+    trained = fit(theta, SupervisedLoss(fm), Fixed((x, y)), 10, optimizer=OptimizerSpec("sgd", lr=0.1))
+    out["fit"] = trained.param
+    total, correct = loss_and_correct(fm, theta, type("D", (), {"x": x, "y": y})())
+    out["evaluation"] = torch.stack([total, correct.double()])
+    return out
+
+
+def _worker(rank: int, init_file: str, result_file: str) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        result = computations()
+        distributed.check_same(result["traverse end"], "the traverse's end")
+        torch.save(result, f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict[str, torch.Tensor]]:
+    folder = tmp_path_factory.mktemp("distributed")
+    mp.spawn(_worker, args=(str(folder / "init"), str(folder / "result")), nprocs=WORLD, join=True)
+    return [torch.load(f"{folder / 'result'}.{r}", weights_only=True) for r in range(WORLD)]
+
+
+def test_shards_split_unevenly_but_completely():
+    parts = [distributed.bounds(7, 2, r) for r in range(2)]
+    assert parts == [(0, 4), (4, 7)]
+    assert [distributed.bounds(10, 3, r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_on_the_whole_batch(ranks):
+    single = computations()
+    for name, expected in single.items():
+        for r, result in enumerate(ranks):
+            torch.testing.assert_close(result[name], expected, rtol=1e-10, atol=1e-12,
+                                       msg=lambda m, name=name, r=r: f"{name} on rank {r}: {m}")
