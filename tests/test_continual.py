@@ -17,11 +17,13 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from weightgeo.applications import RunOptions
 from weightgeo.applications.continual import (
     ContinualSettings,
     KroneckerMetric,
     LowRankMetric,
     make_learner,
+    run_experiment,
     run_method,
     scores,
     tune_strength,
@@ -29,6 +31,7 @@ from weightgeo.applications.continual import (
 from weightgeo.cli import cli, main
 from weightgeo.data.tasks import make_task_sequence
 from weightgeo.data.testing import write_fake_mnist
+from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.metrics import OutputMetric
 from weightgeo.metrics.base import Metric
@@ -389,3 +392,38 @@ def test_cli_killed_with_sigkill_inside_tuning_and_inside_a_run_resumes_to_the_u
     matrices = [json.loads(line)["matrix"] for line in (cut / "results.jsonl").read_text().splitlines()]
     assert matrices == [json.loads(line)["matrix"]
                         for line in (tmp_path / "whole" / "results.jsonl").read_text().splitlines()]
+
+
+def test_cli_refuses_a_model_that_does_not_fit_before_writing_or_logging_anything(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["continual", "--n-tasks", "2", "--model", "vgg11", "--max-train", "50", "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: model vgg11 does not fit permuted-mnist on mnist5k") and "\n" not in err
+    assert not out.exists()
+
+
+def test_settings_check_the_number_of_tasks_with_the_base_and_default_to_each_sequences_base():
+    assert ContinualSettings(tasks="split-mnist", base="cifar100", n_tasks=20).n_tasks == 20  # 100 classes / 5
+    with pytest.raises(WeightgeoError, match="split-mnist cuts the 10 classes of mnist5k into tasks of equal size"):
+        ContinualSettings(tasks="split-mnist", n_tasks=20)
+    assert ContinualSettings(tasks="split-cifar100").base_or_default == "cifar100"
+    assert ContinualSettings().base_or_default == "mnist5k" and ContinualSettings().base is None
+    with pytest.raises(WeightgeoError, match="--strength replay=…: 'replay' has no strength"):
+        ContinualSettings(strength={"replay": 1.0})
+    with pytest.raises(WeightgeoError, match="--solver: unknown value 'lsqr'; choose one of kfac, nystrom, cg"):
+        ContinualSettings(solver="lsqr")
+
+
+def test_python_entry_point_runs_the_cli_application(tmp_path):
+    outcome = run_experiment(tmp_path / "run", n_tasks=2, method=("finetune", "l2"), budget=5, max_train=120,
+                             memory=5, strength={"l2": 0.5}, seed=7, options=RunOptions())
+    assert [(r["method"], r["seed"], r["grad_evals"]) for r in outcome.rows] == [("finetune", 7, 10), ("l2", 7, 10)]
+    assert outcome.diverged == [] and outcome.summary.name == "summary.md"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["tasks"], config["scenario"], config["base"], config["model"]) == (
+        "permuted-mnist", "domain", "mnist5k", "mlp")
+    seq = make_task_sequence("permuted-mnist", "domain", 2, seed=7, max_train=120)
+    direct = run_method("l2", seq, "mlp", ContinualSettings(budget=5, memory=5, strength={"l2": 0.5}), seed=7)
+    assert outcome.rows[1]["avg_accuracy"] == pytest.approx(100 * direct.scores["avg_accuracy"], abs=1e-9)

@@ -382,6 +382,38 @@ def test_geodesic_output_anchor_pulls_the_memory_outputs_back():
     assert 0 < distances[5.0] < 0.5 * distances[0.0]
 
 
+def test_geodesic_anchor_is_preconditioned_like_the_task_loss():
+    # One linear layer (K-FAC exact): the Riemannian gradient of L + (S/μ)·D under G_old/μ with
+    # damping 1 is μ(G + μI)⁻¹∇L + S(G + μI)⁻¹∇D, D the Bhattacharyya distance on the memory to
+    # the outputs at the task's start θ₀, G_old frozen at θ₀.
+    seq = synthetic_sequence("domain", 3, n_train=20)
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)))
+    mu, anchor = 0.05, 20.0
+    learner = make_learner("geodesic", fmodel, seq, config(budget=30, memory=2, batch_size=64, anchor=anchor,
+                                                           strength={"geodesic": mu}))
+    for k in range(2):
+        learner.after_task(k, perturbed(fmodel.theta(), k))
+    theta0 = perturbed(fmodel.theta(), 5)
+    learner.before_task(2, theta0)
+    theta = perturbed(theta0, 6, scale=0.2)  # away from the task's start: D > 0
+    data = seq.tasks[2].train
+    t = theta.clone().requires_grad_(True)
+    direction = learner.direction(theta, torch.autograd.grad(learner.training_loss(2)(t, (data.x, data.y)), t)[0])
+    memory = learner.memory.inputs().double()
+    dense_model = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)).double())
+    damped = OutputMetric(dense_model, memory).at(theta0.double()).dense() + mu * torch.eye(len(theta),
+                                                                                          dtype=torch.float64)
+    u = theta.double().clone().requires_grad_(True)
+    cross_entropy = F.cross_entropy(dense_model(u, data.x.double()), data.y)
+    distance = output_distance(dense_model(u, memory), dense_model(theta0.double(), memory).detach(), "bhattacharyya")
+    grad_ce = torch.autograd.grad(cross_entropy, u)[0]
+    pull = anchor * torch.linalg.solve(damped, torch.autograd.grad(distance, u)[0])
+    expected = mu * torch.linalg.solve(damped, grad_ce) + pull
+    assert torch.allclose(direction.double(), expected, rtol=1e-3, atol=1e-5)
+    assert float(pull.norm()) > 0.1 * float(expected.norm())  # the anchor's part matters here
+
+
 @pytest.mark.parametrize("layer", [nn.Dropout(0.5), nn.BatchNorm1d(8)], ids=["dropout", "batch-norm"])
 def test_geodesic_output_anchor_is_zero_at_the_tasks_start_and_leaves_batch_norm_alone(layer):
     # The reference f(x; θ₀) is taken in eval mode, so the anchor compares eval-mode outputs:

@@ -42,7 +42,8 @@ class ScaledOperator(MetricOperator):
         if damping < 0:
             raise WeightgeoError(f"damping must be ≥ 0, got {damping}")
         solution = self.inner.solve(g, damping * self.inverse, maxiter, tol)
-        return solution._replace(x=solution.x * self.inverse)
+        return Solution(solution.x * self.inverse, solution.residual, solution.iterations, solution.products,
+                        solution.cost)
 
     def geodesic_force(self, v: Tensor) -> tuple[Tensor | None, Tensor, int]:
         force, speed_sq, cost = self.inner.geodesic_force(v)

@@ -76,6 +76,7 @@ class Continual(Application):
         s = self.settings
         self.device = self.options.torch_device
         self.sequences: dict[int, TaskSequence] = {}
+        self.described: set[int] | None = None  # None: nothing is logged before the run directory opens
         build_network(s.model_or_default, self.sequence(s.seed), s.seed, self.device)
         if s.tune:
             for method in self.tuned():
@@ -88,16 +89,20 @@ class Continual(Application):
 
     def prepare(self, run: RunDirectory) -> None:
         self.started = time.perf_counter()
+        self.described: set[int] = set()
 
     def sequence(self, seed: int) -> TaskSequence:
-        """The task sequence of ``seed`` (built once, on the run's device)."""
+        """The task sequence of ``seed`` (built once, on the run's device; described once the run
+        directory is open)."""
         if seed not in self.sequences:
             s, options = self.settings, self.options
             seq = make_task_sequence(s.tasks, s.scenario_or_default, s.n_tasks, s.base, seed=seed,
                                      root=options.data_root, download=options.download,
                                      val_fraction=s.val_fraction, max_train=s.max_train)
             self.sequences[seed] = on_device(seq, self.device)
-            self.options.log(f"seed {seed}: {seq.describe()}")
+        if self.described is not None and seed not in self.described:
+            self.described.add(seed)
+            self.options.log(f"seed {seed}: {self.sequences[seed].describe()}")
         return self.sequences[seed]
 
     def tuned(self) -> list[str]:

@@ -19,8 +19,8 @@ metric of a memory of the earlier tasks' inputs (labels unused), at the current 
 
 The diag-fisher metric is frozen as its exact diagonal under kfac and nystrom (one per-example
 gradient per output unit and stored input). ``--refresh K`` rebuilds a frozen metric every K
-steps. ``--anchor S`` adds S·D(f(x; θ), f(x; θ₀)) on a memory minibatch (θ₀ the task's start, eval
-mode) to the loss; see :meth:`Geodesic.extra_loss` for how its gradient is (not) preconditioned.
+steps. ``--anchor S`` adds (S/μ)·D(f(x; θ), f(x; θ₀)) on a memory minibatch (θ₀ the task's start, eval
+mode) to the loss, its gradient preconditioned like the task's (:meth:`Geodesic.extra_loss`).
 """
 
 from __future__ import annotations
@@ -205,8 +205,13 @@ class Geodesic(Learner):
         return [(refresh, rebuild)]
 
     def extra_loss(self, theta):
-        """anchor · D(f(x; θ), f(x; θ₀)) on a memory minibatch (``--anchor`` > 0 only).
+        """(S/μ)·D(f(x; θ), f(x; θ₀)) on a memory minibatch, S = ``--anchor`` (> 0 only).
 
+        A term of the loss like any other, so the Riemannian step preconditions its gradient too:
+        (G/μ + I)⁻¹∇(L + (S/μ)D) = μ(G + μI)⁻¹∇L + S(G + μI)⁻¹∇D, the task's step and S times
+        the anchor's damped natural gradient. Dividing by μ keeps S's meaning across μ: D's
+        Hessian at θ₀ is a metric of the same memory's outputs, so along the directions the old
+        tasks see the pull is about S·(θ − θ₀) whatever μ (undivided, it would shrink with μ).
         Counted with the task gradient as one evaluation (like a replay step). In eval mode, like
         its reference: D is 0 at θ₀ and the memory never enters batch-norm statistics.
         """
@@ -214,7 +219,7 @@ class Geodesic(Learner):
             return None
         x, reference = self.anchor_batches.next()
         logits = self.fmodel(theta, x, self.buffers)
-        return self.settings.anchor * output_distance(logits, reference, self.settings.fip_distance)
+        return self.settings.anchor / self.strength * output_distance(logits, reference, self.settings.fip_distance)
 
     def anchor_loss(self, theta: Tensor) -> Tensor | None:
         """The anchor term at θ (None without ``--anchor`` or before a metric exists)."""

@@ -87,6 +87,9 @@ def write_report(run: Path, results: list[dict], tuning: list[dict], settings: C
         text += "\nDiverged (their rows hold no scores):\n\n" + "".join(f"- {line}\n" for line in diverged)
     if tuning:
         text += "\nTuning (validation ACC per strength): see `tuning.csv`.\n"
+    state = run / "state"
+    if state.is_dir() and not any(state.iterdir()):  # every unit finished: no progress left to keep
+        state.rmdir()
     return write_text(run / "summary.md", text)
 
 

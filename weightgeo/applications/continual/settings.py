@@ -45,8 +45,8 @@ class ContinualSettings(Settings):
         "output", "The geodesic method's metric of the earlier tasks.")
     solver: str = setting("kfac", "How the geodesic step solves (G + μI)^-1 ∇L (see README).", choices=SOLVERS)
     damping: float | None = setting(None, "μ of the geodesic method (default 0.1; tuned with --tune).", above=0)
-    anchor: float = setting(0.0, "Geodesic only: weight of a Bhattacharyya pull of the memory's outputs back to "
-                            "the task's start, its gradient not preconditioned (0: off).", min=0)
+    anchor: float = setting(0.0, "Geodesic only: S, the pull (S/μ)·Bhattacharyya of the memory's outputs back to "
+                            "the task's start, preconditioned like the task loss (0: off).", min=0)
     strength: dict[str, float] = setting({}, "Penalty strengths, e.g. ewc=1000,si=1 (default: the tuned "
                                          "defaults).", above=0)
     tune: bool = setting(False, "Tune each penalised method's strength (and μ) on a validation split.")
