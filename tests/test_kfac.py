@@ -112,15 +112,16 @@ def test_what_kfac_does_not_cover_is_listed_and_has_no_metric():
 
 
 def test_sampled_directions_for_many_classes():
-    """With C > samples, ``samples`` Gaussian directions weighted 1/samples: an unbiased estimate."""
+    """With C > samples: ``samples`` Gaussian directions u_k, drawn once from the generator and
+    weighted 1/samples; for one layer δ = u_k, so S = (1/(B·K)) Σ_k Σ_x u_k(x) u_k(x)ᵀ."""
     fmodel, theta, x = _linear(classes=12)
-    dense = OutputMetric(fmodel, x).dense(theta)
-    metric = KFACMetric(fmodel, x, samples=3, generator=torch.Generator().manual_seed(0))
+    metric = KFACMetric(fmodel, x, samples=3, generator=torch.Generator().manual_seed(4))
+    (block,) = metric.factors(theta)
+    generator = torch.Generator().manual_seed(4)
+    draws = torch.stack([torch.randn(len(x), 12, generator=generator, dtype=x.dtype) for _ in range(3)])
+    assert rel(block.s, torch.einsum("kbc,kbd->cd", draws, draws) / (3 * len(x))) < 1e-12
+    assert rel(metric.factors(theta)[0].s, block.s) == 0  # the same directions at every point
     assert metric.at(theta).solve(torch.ones_like(theta), 1.0).cost == 4 and metric.product_cost == 4
-    assert rel(metric.at(theta).dense(), metric.at(theta).dense()) == 0  # directions drawn once
-    average = sum(KFACMetric(fmodel, x, samples=3, generator=torch.Generator().manual_seed(k))
-                  .at(theta).dense() for k in range(200)) / 200
-    assert rel(average, dense) < 0.1
 
 
 def test_the_frozen_metric_keeps_the_continual_api():
@@ -200,7 +201,7 @@ def test_nystrom_of_the_output_metric_charges_its_sketch_once_per_point():
 
 
 @pytest.mark.parametrize("build", [lambda f, x: KFACMetric(f, x),
-                                   lambda f, x: NystromMetric(OutputMetric(f, x), 8, torch.Generator().manual_seed(0))])
+                                   lambda f, x: NystromMetric(OutputMetric(f, x), 4, torch.Generator().manual_seed(0))])
 def test_traverse_and_relax_run_under_kfac_and_nystrom(build):
     torch.manual_seed(0)
     fmodel = FunctionalModel(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double())
@@ -212,6 +213,6 @@ def test_traverse_and_relax_run_under_kfac_and_nystrom(build):
     assert float(torch.linalg.vector_norm(path.end - target)) < float(torch.linalg.vector_norm(theta - target))
     straight = torch.stack([theta + t * (target - theta) for t in torch.linspace(0, 1, 5, dtype=theta.dtype)])
     before = float(space.segment_energies(straight).sum())
-    relaxed = relax(space, theta, target, nodes=3, steps=20, lr=1e-2)
+    relaxed = relax(space, theta, target, nodes=3, steps=8, lr=1e-2)
     after = float(space.segment_energies(torch.stack([p for _, p in relaxed.waypoints()])).sum())
     assert after < before  # the energy of the metric (from its products) went down
