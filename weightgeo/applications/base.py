@@ -218,8 +218,22 @@ def register_application(cls: type[Application]) -> type[Application]:
     return cls
 
 
+BUILT_IN = ("weightgeo.applications.sparsify", "weightgeo.applications.continual",
+            "weightgeo.applications.connect")
+"""The modules that register the built-in applications (imported on the first lookup)."""
+
+
+def load_built_in() -> None:
+    """Import the built-in applications so that they are registered."""
+    import importlib
+
+    for module in BUILT_IN:
+        importlib.import_module(module)
+
+
 def find_application(name: str) -> type[Application]:
     """A registered application, or one named by an import path ``package.module:Name``."""
+    load_built_in()
     if ":" in name:
         target = import_object(name, "application")
         target = getattr(target, "application", target)  # a factory made by objective_application

@@ -210,7 +210,7 @@ def fit(
             ok = torch.isfinite(value) & torch.isfinite(grad).all() & torch.isfinite(point).all()
             if not bool(ok):  # stop test: one host read per step
                 cause = first_non_finite(step=point.detach(), loss=value, gradient=grad)
-                if cause == "step" and step > 0:
+                if step > 0:
                     with torch.no_grad():
                         point.copy_(before)  # the last point whose loss was finite
                 stop = Stop(StopReason.NON_FINITE, step, cause)
