@@ -304,6 +304,21 @@ def test_a_method_stopped_after_a_task_resumes_from_it_to_the_uninterrupted_numb
     assert len(state["learner"]["memory"]["x"]) == 3
 
 
+def test_a_network_with_dropout_resumes_with_the_random_state_of_its_last_task(tiny_seq):
+    # Dropout draws from the global generator: the resumed run restores it as it was after task 1.
+    from dataclasses import replace
+
+    small = replace(tiny_seq, tasks=[replace(t, test=t.test.subset(slice(0, 100))) for t in tiny_seq.tasks[:2]])
+    config = _config(budget=3, batch_size=16)
+    whole = run_method("finetune", small, "fashion-cnn", config, seed=2)
+    store = MemoryStore(kill_after=1)
+    with pytest.raises(_Killed):
+        run_method("finetune", small, "fashion-cnn", config, seed=2, store=store)
+    store.kill_after = None
+    resumed = run_method("finetune", small, "fashion-cnn", config, seed=2, store=store)
+    assert _plain(resumed.matrix) == _plain(whole.matrix)
+
+
 def test_a_diverging_method_stops_in_one_line_and_saves_nothing_non_finite(tiny_seq):
     store = MemoryStore()
     result = run_method("l2", tiny_seq, "mlp", _config(lr=1e6), seed=0, model_config={"hidden": [16]},
@@ -427,3 +442,18 @@ def test_python_entry_point_runs_the_cli_application(tmp_path):
     seq = make_task_sequence("permuted-mnist", "domain", 2, seed=7, max_train=120)
     direct = run_method("l2", seq, "mlp", ContinualSettings(budget=5, memory=5, strength={"l2": 0.5}), seed=7)
     assert outcome.rows[1]["avg_accuracy"] == pytest.approx(100 * direct.scores["avg_accuracy"], abs=1e-9)
+
+
+def test_demo_section_continual_quick(tmp_path):
+    from types import SimpleNamespace
+
+    from weightgeo.applications.continual.demo import section_continual
+
+    ctx = SimpleNamespace(seed=0, quick=True, log=lambda message: None, device="cpu", out=tmp_path)
+    text = section_continual(ctx)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| ")
+            and line.split(" | ")[0][2:] in ("finetune", "geodesic")}
+    assert set(rows) == {"finetune", "geodesic"} and all(row[5] == "60" for row in rows.values())  # 2 × 30
+    forgot = {m: float(row[1].rstrip("%")) - float(row[2].rstrip("%")) for m, row in rows.items()}
+    assert forgot["geodesic"] < forgot["finetune"]  # task 1 is kept better under the old task's metric
+    assert (tmp_path / "continual_finetune.png").exists() and (tmp_path / "continual_geodesic.png").exists()
