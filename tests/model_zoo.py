@@ -61,6 +61,14 @@ def vectors(*shape: int) -> Callable[[torch.Generator], Tensor]:
     return lambda g: torch.randn(BATCH, *shape, generator=g, dtype=torch.float64)
 
 
+def padded_sequences(lengths: tuple[int, ...], steps: int, features: int) -> Callable[[torch.Generator], Tensor]:
+    """Sequences of the given lengths, zero after their end (BATCH of them)."""
+    def make(g: torch.Generator) -> Tensor:
+        x = torch.randn(BATCH, steps, features, generator=g, dtype=torch.float64)
+        return x * (torch.arange(steps)[None, :] < torch.tensor(lengths)[:, None])[..., None]
+    return make
+
+
 def tokens(vocabulary: int, length: int) -> Callable[[torch.Generator], Tensor]:
     return lambda g: torch.randint(0, vocabulary, (BATCH, length), generator=g)
 
@@ -111,6 +119,21 @@ class LSTMClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.rnn(x)[0][:, -1])
+
+
+class PackedGRU(nn.Module):
+    """A bidirectional GRU over packed sequences of different lengths (trailing all-zero steps
+    are padding), its final states → linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.head = nn.GRU(3, 3, batch_first=True, bidirectional=True), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        lengths = (x.abs().sum(-1) > 0).sum(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, hidden = self.rnn(packed)
+        return self.head(hidden.transpose(0, 1).flatten(1))
 
 
 class TransformerClassifier(nn.Module):
@@ -235,6 +258,7 @@ CASES = (
     ModelCase("resnet", SmallResNet, images(1, 6)),
     ModelCase("gru", GRUClassifier, tokens(7, 4)),
     ModelCase("lstm", LSTMClassifier, vectors(4, 3)),
+    ModelCase("packed-gru", PackedGRU, padded_sequences((2, 4, 3), 4, 3)),
     ModelCase("transformer", TransformerClassifier, tokens(11, 5)),
     ModelCase("vit", small_vit, images(3, 8)),
     ModelCase("attention", CausalAttention, vectors(4, 4)),

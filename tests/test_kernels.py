@@ -219,3 +219,22 @@ def test_bags_of_embeddings_by_offsets_are_one_clear_error():
     with pytest.raises(WeightgeoError, match=r"second derivatives .* aten::_embedding_bag_backward "
                                              r".*diag-fisher"):
         OutputMetric(Offsets().double(), x).at(theta) @ v
+
+
+@pytest.mark.parametrize("rnn", [nn.LSTM, nn.GRU, nn.RNN])
+def test_packed_recurrent_layers_in_elementary_cells_equal_the_fused_kernel(rnn):
+    """Packed sequences (torch.func cannot transform the fused packed kernel) run as a loop of
+    cells inside the route: the same outputs and final states, both directions, two layers."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    layer = rnn(3, 4, num_layers=2, bidirectional=True, batch_first=True).double().eval()
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    packed = pack_padded_sequence(x, torch.tensor([3, 5, 1, 4]), batch_first=True, enforce_sorted=False)
+    expected = layer(packed)
+    with higher_derivatives():
+        got = layer(packed)
+    assert torch.allclose(got[0].data, expected[0].data, rtol=0, atol=1e-13)
+    for g, e in zip(got[1] if rnn is nn.LSTM else [got[1]], expected[1] if rnn is nn.LSTM else [expected[1]],
+                    strict=True):
+        assert torch.allclose(g, e, rtol=0, atol=1e-13)

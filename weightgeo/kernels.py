@@ -101,6 +101,61 @@ def _hardsigmoid(input, inplace=False):
     return F.relu6(input + 3.0) / 6.0  # aten::hardsigmoid_backward has no derivative
 
 
+_CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn_tanh": torch.rnn_tanh_cell,
+          "rnn_relu": torch.rnn_relu_cell}
+
+
+def _packed_rnn(kind: str):
+    """``_VF.<kind>`` on a packed sequence as a loop of cells (torch.func cannot transform the
+    fused packed kernel: "Cannot access data pointer of Tensor that doesn't have storage")."""
+
+    def run(*args):
+        if not isinstance(args[3], list | tuple):
+            return NotImplemented  # the padded form: its kernel transforms fine
+        data, batch_sizes, hx, params, has_biases, layers, _dropout, train, bidirectional = args
+        directions = 2 if bidirectional else 1
+        per = 4 if has_biases else 2
+        if train or len(params) != layers * directions * per:
+            return NotImplemented  # dropout between layers, or LSTM projections
+        sizes = [int(b) for b in batch_sizes]  # a CPU tensor by PackedSequence's contract
+        states = list(hx) if kind == "lstm" else [hx]
+        finals: list[list[Tensor]] = [[] for _ in states]
+        for layer in range(layers):
+            outputs = []
+            for direction in range(directions):
+                k = layer * directions + direction
+                weights = params[k * per : (k + 1) * per]
+                out, last = _packed_direction(_CELLS[kind], data, sizes, [s[k] for s in states], weights,
+                                              reverse=direction == 1)
+                outputs.append(out)
+                for store, value in zip(finals, last, strict=True):
+                    store.append(value)
+            data = torch.cat(outputs, dim=-1)
+        return (data, *(torch.stack(f) for f in finals))
+
+    return run
+
+
+def _packed_direction(cell, data: Tensor, sizes: list[int], initial: list[Tensor], weights, reverse: bool):
+    """One direction of one layer over packed rows: (its outputs in packed order, final states)."""
+    offsets = [0]
+    for b in sizes:
+        offsets.append(offsets[-1] + b)
+    steps = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+    state = [s[: sizes[-1]] if reverse else s for s in initial]
+    outputs: list[Tensor | None] = [None] * len(sizes)
+    for t in steps:
+        b = sizes[t]
+        if reverse and state[0].shape[0] < b:  # sequences that start here, backwards
+            state = [torch.cat([s, s0[s.shape[0] : b]]) for s, s0 in zip(state, initial, strict=True)]
+        x = data[offsets[t] : offsets[t + 1]]
+        new = cell(x, tuple(s[:b] for s in state) if len(state) > 1 else state[0][:b], *weights)
+        new = list(new) if isinstance(new, tuple) else [new]
+        outputs[t] = new[0]
+        state = [torch.cat([n, s[b:]]) for n, s in zip(new, state, strict=True)]
+    return torch.cat(outputs), state  # type: ignore[arg-type]
+
+
 class ElementaryForms(TorchFunctionMode):
     """Normalisation and bags of embeddings in elementary operations.
 
@@ -114,7 +169,8 @@ class ElementaryForms(TorchFunctionMode):
 
     RULES: dict[Callable, Callable] = {
         F.layer_norm: _layer_norm, F.instance_norm: _instance_norm, F.batch_norm: _batch_norm,
-        F.embedding_bag: _embedding_bag, F.hardsigmoid: _hardsigmoid}
+        F.embedding_bag: _embedding_bag, F.hardsigmoid: _hardsigmoid,
+        **{getattr(torch._VF, kind): _packed_rnn(kind) for kind in _CELLS}}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
