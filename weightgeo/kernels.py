@@ -11,12 +11,13 @@ dual-number product and the geodesic force, second order for the linearisation):
   first order but wrong when differentiated again (jvp of jvp, grad of jvp: PyTorch 2.14 gives
   d²f[v, v] off by 10–100 %), ``embedding_bag`` has neither forward mode nor a second
   derivative, and ``hardsigmoid`` no second derivative;
-- cuDNN's RNNs (CUDA) have no second derivative.
+- cuDNN's RNNs (CUDA) have no second derivative, and torch.func cannot transform the fused
+  kernel of an RNN over a packed sequence at all.
 
 :func:`higher_derivatives` is the context that routes around them: the math attention, no
-fast path, those normalisations and bags in elementary operations (:class:`ElementaryForms`),
-and for a network with RNNs on CUDA the native RNN. Outside it nothing changes, so training and
-evaluation keep the fused kernels.
+fast path, those normalisations, bags and packed RNNs in elementary operations
+(:class:`ElementaryForms`), and for a network with RNNs on CUDA the native RNN. Outside it
+nothing changes, so training and evaluation keep the fused kernels.
 """
 
 from __future__ import annotations
