@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 
-from weightgeo.applications.continual import report
+from weightgeo.applications.continual import ContinualSettings
 from weightgeo.cli import main
 from weightgeo.data import SEQUENCES, load_dataset
 from weightgeo.data.tasks import (
@@ -142,13 +142,13 @@ def test_defaults_live_with_the_sequences():
         "split-cifar10": ("task", "resnet18", 5),
         "split-cifar100": ("task", "resnet18", 10),
     }
-    # the continual report reads them from there
-    assert report.default_scenario("permuted-mnist") == "domain"
-    assert report.default_scenario("split-cifar100") == "task"
-    assert report.default_model("mnist-fashion") == "fashion-cnn"
-    assert report.default_model("split-cifar10") == "resnet18"
-    with pytest.raises(WeightgeoError, match="unknown task sequence 'rotated-mnist'"):
-        report.default_model("rotated-mnist")
+    # the continual settings read them from there
+    assert ContinualSettings(tasks="permuted-mnist").scenario_or_default == "domain"
+    assert ContinualSettings(tasks="split-cifar100").scenario_or_default == "task"
+    assert ContinualSettings(tasks="mnist-fashion").model_or_default == "fashion-cnn"
+    assert ContinualSettings(tasks="split-cifar10").model_or_default == "resnet18"
+    with pytest.raises(WeightgeoError, match="unknown value 'rotated-mnist'"):
+        ContinualSettings(tasks="rotated-mnist")
     assert make_task_sequence("split-mnist").scenario == "task"
     assert len(make_task_sequence("permuted-mnist", val_fraction=0.0)) == 5
 
@@ -200,9 +200,9 @@ def test_continual_cli_refuses_a_model_that_does_not_fit_in_one_line(tmp_path, c
         main(["continual", "--tasks", "split-mnist", "--model", "vgg11", "--method", "finetune",
               "--budget", "2", "--max-train", "20", "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2
-    # stderr: the progress line naming the sequence, then the error in one line
-    progress, error = capsys.readouterr().err.strip().split("\n")
-    assert progress.startswith("seed 0: split-mnist")
+    # stderr: the error in one line, before anything is logged or written
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and not (tmp_path / "run").exists()
     assert error.startswith("Error: model vgg11 does not fit split-mnist on mnist5k "
                             "(inputs 1×28×28, 10 classes)")
     assert error.endswith("models that fit: mlp, fashion-cnn, resnet18, small-cnn")
