@@ -12,10 +12,11 @@ images, 4×4 patches, 4 layers, width 128, MLP 256). For each it times, as media
   linearisation with 10 products (one CG solve) per product, and the geodesic force;
 - the Fisher metric's product from scratch, K-FAC's build at θ, the diagonal Fisher's build.
 
-Ratios are to the fused forward+backward. Writes benchmarks/results/architecture_products.json
+The measurements are interleaved (each round times every one once), so a change of load hits
+them alike. Ratios are to the fused forward+backward. Writes benchmarks/results/architecture_products.json
 and prints markdown tables and the load average before and after.
 
-    python benchmarks/architecture_products.py [--repeats 5] [--threads 2] [--batch 8]
+    python benchmarks/architecture_products.py [--repeats 5] [--threads 2] [--batch 8] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import warnings
 from datetime import date
@@ -33,7 +35,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from metric_products import median_time  # noqa: E402
+import metric_products  # noqa: E402
+from metric_products import CLOCKS  # noqa: E402
+
+CLOCK = "wall"
 
 from weightgeo import DiagonalFisher, FisherMetric, FunctionalModel, OutputMetric  # noqa: E402
 from weightgeo.kernels import higher_derivatives  # noqa: E402
@@ -68,6 +73,20 @@ def cases(batch: int):
     }
 
 
+def interleaved_medians(measurements: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, timed in turn round after round (after one warm-up
+    round), so that a change in the machine's load hits every measurement alike."""
+    clock = CLOCKS[CLOCK]
+    samples: dict[str, list[float]] = {key: [] for key in measurements}
+    for round_ in range(repeats + 1):
+        for key, fn in measurements.items():
+            start = clock()
+            fn()
+            if round_:
+                samples[key].append(clock() - start)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
 def measure(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
     fmodel = FunctionalModel(model)
     theta = fmodel.theta()
@@ -90,17 +109,19 @@ def measure(model: nn.Module, x: torch.Tensor, repeats: int) -> dict:
         for _ in range(10):
             op @ v
 
-    times = {
-        "fb_fused": median_time(forward_backward, repeats),
-        "fb_math_route": median_time(routed_forward_backward, repeats),
-        "output_mvp": median_time(lambda: output.mvp(theta, v), repeats),
-        "output_warm_product": median_time(lambda: operator @ v, repeats),
-        "output_linearise_plus_10_per_product": median_time(solve_like, max(2, repeats // 2)) / 10,
-        "output_geodesic_force": median_time(lambda: operator.geodesic_force(0.01 * v), max(2, repeats // 2)),
-        "fisher_mvp": median_time(lambda: fisher.mvp(theta, v), repeats),
-        "kfac_build": median_time(lambda: KFACMetric(fmodel, x).at(theta), max(2, repeats // 2)),
-        "diag_fisher_build": median_time(lambda: DiagonalFisher(fmodel, x, chunk_size=2).at(theta), 2),
+    measurements = {
+        "fb_fused": forward_backward,
+        "fb_math_route": routed_forward_backward,
+        "output_mvp": lambda: output.mvp(theta, v),
+        "output_warm_product": lambda: operator @ v,
+        "output_linearise_plus_10": solve_like,
+        "output_geodesic_force": lambda: operator.geodesic_force(0.01 * v),
+        "fisher_mvp": lambda: fisher.mvp(theta, v),
+        "kfac_build": lambda: KFACMetric(fmodel, x).at(theta),
+        "diag_fisher_build": lambda: DiagonalFisher(fmodel, x, chunk_size=2).at(theta),
     }
+    times = interleaved_medians(measurements, repeats)
+    times["output_linearise_plus_10_per_product"] = times.pop("output_linearise_plus_10") / 10
     base = times["fb_fused"]
     return {"parameters": theta.numel(), "batch": x.shape[0], "ms": {k: 1e3 * t for k, t in times.items()},
             "ratio_to_fb": {k: t / base for k, t in times.items()}}
@@ -111,21 +132,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8, help="sequences (the ViT gets twice as many images)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or process CPU time (steadier when other jobs share the cores)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "architecture_products.json"))
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = metric_products.CLOCK = args.clock
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning)
     load_before = os.getloadavg()
     results = {name: measure(model, x, args.repeats) for name, (model, x) in cases(args.batch).items()}
     load_after = os.getloadavg()
     record = {"date": date.today().isoformat(), "torch": torch.__version__, "threads": args.threads,
+              "clock": args.clock, "repeats": args.repeats,
               "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
               "load_before": load_before, "load_after": load_after, "results": results}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
-          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {args.threads} threads")
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; {args.threads} threads, "
+          f"{args.clock} clock, medians of {args.repeats} interleaved rounds")
     for name, r in results.items():
         print(f"\n{name}: {r['parameters']:,} weights, batch {r['batch']}, fused forward+backward "
               f"{r['ms']['fb_fused']:.0f} ms")
