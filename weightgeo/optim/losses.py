@@ -23,11 +23,13 @@ from torch import Tensor, nn
 from weightgeo import distributed
 from weightgeo.functional import FunctionalModel, as_functional, mask_logits
 
+DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+"""torch's dropout layers: random in train mode, the identity in eval mode."""
+
 
 def needs_train_mode(model: FunctionalModel) -> bool:
     """Whether training differs from evaluation: the network has batch norm or dropout."""
-    return model.has_batch_norm or any(isinstance(m, nn.modules.dropout._DropoutNd)
-                                       for m in model.module.modules())
+    return model.has_batch_norm or any(isinstance(m, DROPOUT) for m in model.module.modules())
 
 
 class NetworkLoss:

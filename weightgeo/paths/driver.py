@@ -94,6 +94,39 @@ class StepRule(ABC):
         return None
 
 
+class ObjectiveRule(StepRule):
+    """A step rule moving toward an :class:`~weightgeo.objectives.Objective` O: it observes O's
+    value and gradient at the point (O's cost), stops when O is done, and saves O's state (its
+    batch stream, a re-ranked mask …) with its own. Subclasses set ``self.objective`` and write
+    :meth:`propose`; :meth:`own_state`/:meth:`load_own_state` carry their own state."""
+
+    objective: Any
+
+    def observe(self, point: Tensor) -> Observation:
+        value, grad = self.objective.value_and_grad(point)
+        return Observation(value, self.objective.cost, grad)
+
+    def done(self, point: Tensor, observation: Observation) -> bool:
+        return self.objective.done(point)
+
+    def own_state(self) -> dict:
+        return {}
+
+    def load_own_state(self, state: dict) -> None:
+        return None
+
+    def state_dict(self) -> dict:
+        state = {"own": self.own_state()}
+        if hasattr(self.objective, "state_dict"):
+            state["objective"] = self.objective.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.load_own_state(state.get("own", {}))
+        if "objective" in state and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state["objective"])
+
+
 def drive(
     rule: StepRule,
     path: Path,

@@ -28,7 +28,7 @@ from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds.weight_space import WeightSpace
 from weightgeo.objectives.base import Objective
 from weightgeo.optim.loop import OptimizerSpec
-from weightgeo.paths.driver import Observation, Proposal, StepRule, run_tracer
+from weightgeo.paths.driver import ObjectiveRule, Observation, Proposal, run_tracer
 from weightgeo.paths.path import Path
 
 DISTANCES = ("squared", "bhattacharyya")
@@ -46,7 +46,7 @@ def output_distance(logits: Tensor, reference: Tensor, kind: str = "squared") ->
     raise WeightgeoError(f"unknown distance {kind!r}; choose one of {', '.join(DISTANCES)}")
 
 
-class PenaltyStep(StepRule):
+class PenaltyStep(ObjectiveRule):
     """One optimiser step on D(f(x; θ), f(x; θ₀)) + λ·O(θ) over a batch of reference inputs.
 
     The objective's gradient comes from the observation at θ (no second evaluation); D's
@@ -76,13 +76,6 @@ class PenaltyStep(StepRule):
         return {"tracer": self.name, "distance": self.distance, "lam": self.lam, "optimizer": self.spec.name,
                 "lr": self.spec.lr, "normalize": self.normalize, "objective": repr(self.objective)}
 
-    def observe(self, point: Tensor) -> Observation:
-        value, grad = self.objective.value_and_grad(point)
-        return Observation(value, self.objective.cost, grad)
-
-    def done(self, point: Tensor, observation: Observation) -> bool:
-        return self.objective.done(point)
-
     def step_cost(self) -> int:
         return 1 + self.objective.cost
 
@@ -103,10 +96,10 @@ class PenaltyStep(StepRule):
         return Proposal(candidate, 1, {"euclidean_length": torch.linalg.vector_norm(candidate - point)},
                         gradient=total)
 
-    def state_dict(self) -> dict:
+    def own_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "batches": self.batches.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_own_state(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
 

@@ -24,7 +24,7 @@ from weightgeo.data.streams import Stream, stream
 from weightgeo.errors import WeightgeoError
 from weightgeo.manifolds.weight_space import WeightSpace
 from weightgeo.objectives.base import Objective
-from weightgeo.paths.driver import Observation, Proposal, StepRule, run_tracer
+from weightgeo.paths.driver import ObjectiveRule, Observation, Proposal, run_tracer
 from weightgeo.paths.path import Path
 
 STEP_NORMS = ("euclidean", "metric")
@@ -37,7 +37,7 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
-class NaturalGradientStep(StepRule):
+class NaturalGradientStep(ObjectiveRule):
     """dθ = −ε x / ||x|| with x = (G(θ) + μI)⁻¹ ∇O(θ): the papers' damped natural-gradient step.
 
     Args:
@@ -80,13 +80,6 @@ class NaturalGradientStep(StepRule):
                 "step_norm": self.step_norm, "damping": self.damping, "cg_maxiter": self.maxiter,
                 "objective": repr(self.objective)}
 
-    def observe(self, point: Tensor) -> Observation:
-        value, grad = self.objective.value_and_grad(point)
-        return Observation(value, self.objective.cost, grad)
-
-    def done(self, point: Tensor, observation: Observation) -> bool:
-        return self.objective.done(point)
-
     def step_cost(self) -> int:
         return self.space.solve_cost(self.maxiter) + self.objective.cost
 
@@ -109,19 +102,12 @@ class NaturalGradientStep(StepRule):
                   "cg_residual": solution.residual, "cg_products": solution.products}
         return Proposal(space.retr(point, -scale * x), solution.cost, record, gradient=x)
 
-    def state_dict(self) -> dict:
-        state = {}
-        if self.inputs is not None:
-            state["inputs"] = self.inputs.state_dict()
-        if hasattr(self.objective, "state_dict"):
-            state["objective"] = self.objective.state_dict()
-        return state
+    def own_state(self) -> dict:
+        return {} if self.inputs is None else {"inputs": self.inputs.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_own_state(self, state: dict) -> None:
         if self.inputs is not None and "inputs" in state:
             self.inputs.load_state_dict(state["inputs"])
-        if "objective" in state and hasattr(self.objective, "load_state_dict"):
-            self.objective.load_state_dict(state["objective"])
 
 
 def traverse(
