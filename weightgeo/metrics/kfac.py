@@ -293,7 +293,9 @@ class KFACMetric(Metric):
         return self.product_cost
 
     def with_inputs(self, inputs: Tensor) -> KFACMetric:
-        return KFACMetric(self.model, inputs, self.kind, self.samples, self.generator)
+        other = KFACMetric(self.model, inputs, self.kind, self.samples, self.generator)
+        other._once, other._count = self._once, self._count  # the probes, keyed by input shape
+        return other
 
     def directions(self, logits: Tensor) -> tuple[Tensor, float]:
         """The output directions u_k (K × B × C) whose backward passes give the δ, and their weight."""
