@@ -2,7 +2,7 @@
 
 Points are evenly spaced by Euclidean arc length (61 by default, as Garipov et al.). A
 batch-norm network gets its statistics recomputed at every point by one pass in train mode
-(cumulative average) over ``bn_images`` training images — a fixed random subset, 2,000 by
+(cumulative average) over ``bn_images`` training images — a fixed random subset, 1,000 by
 default; 0 or more than the set holds is the whole training set, as Garipov et al. do.
 ``bn_recompute=False`` keeps the stored statistics (θ_a's: meaningless in between; say so when
 reporting). The training loss and accuracy are measured on ``train_eval_images`` training
@@ -31,6 +31,8 @@ from weightgeo.evaluation import loss_and_correct
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds.weight_space import WeightSpace
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
 
 def training_subset(train, images: int, seed: int):
     """``images`` training examples drawn at random from ``seed`` (all of them, in order, when
@@ -56,7 +58,7 @@ class PointEvaluator:
     """
 
     def __init__(
-        self, model: FunctionalModel, train, test, *, bn_recompute: bool = True, bn_images: int = 2000,
+        self, model: FunctionalModel, train, test, *, bn_recompute: bool = True, bn_images: int = 1000,
         train_eval: bool = True, train_eval_images: int = 0, batch_size: int = 1000,
         points_per_pass: int = 1, seed: int = 0,
     ) -> None:
@@ -71,7 +73,7 @@ class PointEvaluator:
         self.points_per_pass = 1 if self.model.has_batch_norm else max(1, points_per_pass)
         if self.bn_recompute:
             for m in self.model.module.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if isinstance(m, BATCH_NORMS):
                     m.momentum = None  # cumulative average over the pass
 
     @torch.no_grad()

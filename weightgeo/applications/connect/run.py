@@ -201,8 +201,18 @@ def connect(
 ) -> Connection:
     """Connect two checkpoints of one architecture on their data set (``weightgeo connect``).
 
-    ``settings`` are the fields of :class:`ConnectSettings` (method, nodes, budget, points, …);
-    ``options`` the device, data root and logging. ``out=None`` runs in a temporary directory.
+    Args:
+        checkpoint_a, checkpoint_b: checkpoint files or run directories (or loaded Checkpoints).
+        out: the run directory (None: a temporary one, removed afterwards).
+        overwrite, resume: replace a previous run in ``out``, or continue an interrupted one.
+        options: device, data root, progress and logging (:class:`RunOptions`).
+        **settings: fields of :class:`ConnectSettings` (method, nodes, budget, points, …).
+
+    Returns:
+        The :class:`Connection` (rows, evaluations, curves, directory, diverged methods).
+
+    Raises:
+        WeightgeoError: a bad setting, incompatible checkpoints, a method that cannot run.
     """
     config = ConnectSettings(**settings)
     app = Connect(config, str(checkpoint_a), str(checkpoint_b), options=options)
@@ -225,8 +235,18 @@ def connect_networks(
     name: str | None = None,
     **settings: Any,
 ) -> Connection:
-    """Connect θ_a and θ_b of ``model`` on the given data by each method; write the run to ``out``
-    (a temporary directory when None). ``settings`` are the fields of :class:`ConnectSettings`."""
+    """Connect θ_a and θ_b of ``model`` on the given data by each method.
+
+    Args:
+        model: the network; theta_a, theta_b: the two points; train, test: labelled data sets.
+        out: the run directory (None: a temporary one, removed afterwards).
+        overwrite, resume, options: as for :func:`connect`.
+        name: the architecture's name (for messages, e.g. rebasin's refusal).
+        **settings: fields of :class:`ConnectSettings`.
+
+    Returns:
+        The :class:`Connection`.
+    """
     config = ConnectSettings(**settings)
     task = ConnectTask(model, theta_a, theta_b, train, test, config, name=name)
     app = Connect(config, "θ_a (in memory)", "θ_b (in memory)", options=options, task=task)
