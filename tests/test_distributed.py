@@ -32,8 +32,9 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def computations() -> dict[str, torch.Tensor]:
     """Everything checked, computed the same way by one process and by each rank."""
-    from weightgeo import FunctionalModel, OutputMetric, TargetPoint, TaskLoss, WeightSpace, traverse
+    from weightgeo import DiagonalFisher, FunctionalModel, OutputMetric, TargetPoint, TaskLoss, WeightSpace, traverse
     from weightgeo.data.streams import Fixed
+    from weightgeo.metrics import KFACMetric
     from weightgeo.evaluation import loss_and_correct
     from weightgeo.optim import OptimizerSpec, SupervisedLoss, fit
 
@@ -48,6 +49,13 @@ def computations() -> dict[str, torch.Tensor]:
     out["warm product"] = metric.at(theta) @ v
     space = WeightSpace(fm, metric, damping=1e-2, cg_maxiter=30, cg_tol=1e-12)
     out["solve"] = space.natural_gradient(theta, v).x
+    force, speed_sq, _ = metric.at(theta).geodesic_force(v)
+    out["geodesic force"], out["speed"] = force, speed_sq
+    out["diagonal Fisher"] = DiagonalFisher(fm, x).diagonal(theta)
+    kfac = KFACMetric(fm, x, samples=2, generator=torch.Generator().manual_seed(3))
+    out["K-FAC product"] = kfac.at(theta) @ v
+    out["K-FAC solve"] = kfac.at(theta).solve(v, 0.1).x
+    out["examples seen by this rank"] = torch.tensor(float(len(metric.local_inputs)))
     value, grad = TaskLoss(fm, (x, y)).value_and_grad(theta)
     out["task loss"], out["task gradient"] = value, grad
     target = theta + 0.3 * v
@@ -88,6 +96,9 @@ def test_shards_split_unevenly_but_completely():
 @pytest.mark.slow
 def test_two_ranks_equal_one_process_on_the_whole_batch(ranks):
     single = computations()
+    # the work is shared: rank 0 evaluates 4 examples, rank 1 the other 3
+    assert [float(r.pop("examples seen by this rank")) for r in ranks] == [4.0, 3.0]
+    assert float(single.pop("examples seen by this rank")) == 7.0
     for name, expected in single.items():
         for r, result in enumerate(ranks):
             torch.testing.assert_close(result[name], expected, rtol=1e-10, atol=1e-12,

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 from weightgeo.kernels import higher_derivatives
 from weightgeo.metrics.derivatives import explain_missing_derivatives
@@ -174,6 +175,12 @@ class Metric(ABC):
     @abstractmethod
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
         """The metric-vector product G(θ) v."""
+
+    @property
+    def local_inputs(self) -> Tensor | None:
+        """This rank's shard of ``inputs`` under ``torchrun`` (all of them in one process): the
+        data-dependent metrics compute on it and average their results over the ranks."""
+        return None if self.inputs is None else distributed.shard(self.inputs)
 
     def segment_energies(self, points: Tensor) -> Tensor:
         """d²(θ_k, θ_{k+1}) for consecutive rows of ``points`` (N×n): N − 1 values, differentiable.

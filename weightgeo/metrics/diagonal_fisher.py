@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
+from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
 from weightgeo.metrics.base import Metric, MetricOperator, Solution
@@ -88,13 +89,16 @@ class DiagonalFisher(Metric):
         """diag G(θ), computed in chunks of examples (differentiable in θ when differentiated)."""
         theta = theta if differentiated(theta) else theta.detach()
         total = torch.zeros_like(theta)
-        for start in range(0, self.inputs.shape[0], self.chunk_size):
-            x = self.inputs[start : start + self.chunk_size]
-            y = None if self.targets is None else self.targets[start : start + self.chunk_size]
+        inputs = self.local_inputs  # this rank's shard; the diagonals are averaged over the ranks
+        targets = None if self.targets is None else distributed.shard(self.targets)
+        for start in range(0, inputs.shape[0], self.chunk_size):
+            x = inputs[start : start + self.chunk_size]
+            y = None if targets is None else targets[start : start + self.chunk_size]
             with explain_missing_derivatives("DiagonalFisher's per-example gradients need",
                                              "use the output or fisher metric instead"):
                 total += self._chunk(theta, x, y)
-        return total / self.inputs.shape[0]
+        local = total / max(inputs.shape[0], 1)
+        return local if differentiated(theta) else distributed.average(local, inputs.shape[0])
 
     def _chunk(self, theta: Tensor, x: Tensor, y: Tensor | None) -> Tensor:
         """Σ_x Σ_c p_c(x) (∂ log p_c(x)/∂θ)² over a chunk (Σ_x (∂ log p_y(x)/∂θ)² with targets)."""

@@ -38,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
 from weightgeo.metrics.base import Metric, MetricOperator, Solution
+from weightgeo.metrics.derivatives import differentiated
 
 KINDS = ("output", "fisher")
 
@@ -308,11 +310,12 @@ class KFACMetric(Metric):
         if classes <= self.samples:
             eye = torch.eye(classes, dtype=logits.dtype, device=logits.device)
             return eye[:, None, :].expand(classes, batch, classes), 1.0
-        if self._directions is None or self._directions.shape[1:] != logits.shape:
+        total = len(self.inputs)  # drawn for the whole batch, so every rank takes its own rows
+        if self._directions is None or self._directions.shape[1:] != (total, classes):
             self._directions = torch.stack([
-                torch.randn(batch, classes, generator=self.generator, dtype=logits.dtype)
+                torch.randn(total, classes, generator=self.generator, dtype=logits.dtype)
                 for _ in range(self.samples)]).to(logits.device)
-        return self._directions, 1.0 / self.samples
+        return distributed.shard(self._directions.transpose(0, 1)).transpose(0, 1), 1.0 / self.samples
 
     def factors(self, theta: Tensor, buffers: dict[str, Tensor] | None = None) -> list[KroneckerBlock]:
         """The blocks A ⊗ S at θ, by torch.func (differentiable in θ)."""
@@ -329,7 +332,7 @@ class KFACMetric(Metric):
                 return record
             handles = [layer.module.register_forward_hook(hook(layer.name)) for layer in layers]
             try:
-                return self.model(theta, self.inputs, buffers)
+                return self.model(theta, self.local_inputs, buffers)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -348,23 +351,27 @@ class KFACMetric(Metric):
         blocks = []
         for layer in layers:
             rows = _rows_of_input(layer, captured[layer.name])
-            blocks.append(KroneckerBlock(
-                layer.name, layer.weight, layer.bias, layer.out_features, layer.in_features,
-                rows.T @ rows / rows.shape[0], weight * s_sums[layer.name] / batch,
-                rows.detach() if rows.shape[0] < rows.shape[1] else None))
+            a = rows.T @ rows / max(rows.shape[0], 1)
+            s = weight * s_sums[layer.name] / max(batch, 1)
+            if distributed.active() and not differentiated(theta):  # factors of the whole batch
+                a, s = distributed.average(a, rows.shape[0]), distributed.average(s, batch)
+            few_rows = rows.shape[0] < rows.shape[1] and not distributed.active()
+            blocks.append(KroneckerBlock(layer.name, layer.weight, layer.bias, layer.out_features,
+                                         layer.in_features, a, s, rows.detach() if few_rows else None))
         return blocks
 
     def _single_calls(self, theta: Tensor, buffers: dict[str, Tensor] | None) -> dict[str, torch.Size]:
         """Output shapes of the covered layers called once per forward pass (probed once per
         input shape with a forward pass; layers applied twice are left uncovered)."""
-        key = (tuple(self.inputs.shape), self.inputs.dtype, str(self.inputs.device))
+        inputs = self.local_inputs
+        key = (tuple(inputs.shape), inputs.dtype, str(inputs.device))
         if key not in self._once:
             calls: dict[str, list[torch.Size]] = {layer.name: [] for layer in self.layers}
             handles = [layer.module.register_forward_hook(
                 lambda m, args, out, name=layer.name: calls[name].append(out.shape)) for layer in self.layers]
             try:
                 with torch.no_grad():
-                    self.model(theta.detach(), self.inputs, buffers)
+                    self.model(theta.detach(), inputs, buffers)
             finally:
                 for handle in handles:
                     handle.remove()

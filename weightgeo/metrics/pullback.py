@@ -35,6 +35,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import jvp, vjp
 
+from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
 from weightgeo.metrics.base import Metric, MetricOperator
@@ -54,7 +55,7 @@ class PullbackOperator(MetricOperator):
         super().__init__(metric, theta)
         metric.model.check(theta)
         theta = theta.detach()
-        inputs = metric.inputs
+        inputs = metric.local_inputs  # this rank's shard (all of the batch in one process)
         with metric.model.higher_derivatives(), explain_missing_derivatives(
                 f"{type(metric).__name__}'s products need", FIRST_ORDER_WAY_OUT):
             self.logits, self._pullback = vjp(lambda t: metric.model(t, inputs), theta)
@@ -82,7 +83,8 @@ class PullbackOperator(MetricOperator):
         product = self.vjp(u)
         if not self.adjoint_checked:
             self.check_adjoint(v, jv, u, product)
-        return product / jv.shape[0]
+        examples = jv.shape[0]
+        return distributed.average(product / max(examples, 1), examples)  # the mean over every rank
 
     def check_adjoint(self, v: Tensor, jv: Tensor, u: Tensor, jtu: Tensor) -> None:
         """Raise unless ⟨u, J v⟩ = ⟨Jᵀu, v⟩: J v comes from second derivatives, Jᵀu from first ones,
@@ -101,7 +103,7 @@ class PullbackOperator(MetricOperator):
     def geodesic_force(self, v: Tensor) -> tuple[Tensor, Tensor, int]:
         """(1/B) Jᵀ (H d²f[v, v] + ½ dH[Jv] Jv), vᵀGv and its cost (≈ 3 gradient evaluations)."""
         metric: PullbackMetric = self.metric  # type: ignore[assignment]
-        model, inputs, theta = metric.model, metric.inputs, self.theta.detach()
+        model, inputs, theta = metric.model, metric.local_inputs, self.theta.detach()
         v = v.detach()
 
         def directional(t: Tensor) -> Tensor:
@@ -112,9 +114,9 @@ class PullbackOperator(MetricOperator):
             jv, d2 = jvp(directional, (theta,), (v,))  # J v and the second directional derivative
         _, dh = jvp(lambda out: metric.output_product(out, jv), (self.logits,), (jv,))
         batch = jv.shape[0]
-        force = self.vjp(metric.output_product(self.logits, d2) + 0.5 * dh) / batch
-        speed_sq = (jv * metric.output_product(self.logits, jv)).sum() / batch
-        return force, speed_sq, 3 * self.product_cost
+        force = self.vjp(metric.output_product(self.logits, d2) + 0.5 * dh) / max(batch, 1)
+        speed_sq = (jv * metric.output_product(self.logits, jv)).sum() / max(batch, 1)
+        return distributed.average(force, batch), distributed.average(speed_sq, batch), 3 * self.product_cost
 
 
 class PullbackMetric(Metric):
@@ -144,7 +146,7 @@ class PullbackMetric(Metric):
 
     def segment_energies(self, points: Tensor) -> Tensor:
         """d²(θ_k, θ_{k+1}) from the outputs at all points in one batched pass (no Jacobian)."""
-        return self.output_distances(self.model.stacked()(points, self.inputs))
+        return self.output_distances(self.model.stacked()(points, self.local_inputs))
 
     def energy_cost(self, segments: int) -> int:
         """One network gradient per moving point of the polyline (its interior) plus one for the
@@ -177,8 +179,10 @@ class PullbackMetric(Metric):
 
     def _composable_product(self, theta: Tensor, v: Tensor) -> Tensor:
         """G(θ) v by torch.func (a jvp and a vjp), differentiable in θ and v by any transform:
-        the product inside another metric's derivatives (a Nyström sketch, a user's metric)."""
-        model, inputs = self.model, self.inputs
+        the product inside another metric's derivatives (a Nyström sketch, a user's metric).
+        Under ``torchrun`` it is this rank's shard's product (collectives are not differentiable
+        under torch.func): average what is built from it where ranks must agree."""
+        model, inputs = self.model, self.local_inputs
 
         def logits_of(t: Tensor) -> Tensor:
             return model(t, inputs)
@@ -195,12 +199,13 @@ class PullbackMetric(Metric):
         point = theta.detach().requires_grad_(True)
         with torch.enable_grad():
             with fwAD.dual_level():
-                dual = self.model(fwAD.make_dual(point, v.detach()), self.inputs)
+                dual = self.model(fwAD.make_dual(point, v.detach()), self.local_inputs)
                 primal, tangent = fwAD.unpack_dual(dual)
                 if tangent is None:
                     return None
                 tangent = tangent.detach()
             # The backward pass runs outside the dual level, so it carries no tangents.
-            cotangent = self.output_product(primal.detach(), tangent) / primal.shape[0]
+            examples = primal.shape[0]
+            cotangent = self.output_product(primal.detach(), tangent) / max(examples, 1)
             (product,) = torch.autograd.grad(primal, point, cotangent)
-        return product
+        return distributed.average(product, examples)
