@@ -510,7 +510,7 @@ def test_replay_trains_on_stored_examples_with_their_labels_and_units(scenario):
     ("method", "settings"),
     [("finetune", {}), ("l2", {}), ("si", {}), ("ewc", {}), ("online-ewc", {}), ("replay", {}), ("fip", {}),
      ("geodesic", {}), ("geodesic", {"solver": "nystrom", "rank": 5}), ("geodesic", {"refresh": 3}),
-     ("geodesic", {"anchor": 1.0})],
+     ("geodesic", {"anchor": 1.0}), ("lwf", {}), ("der++", {}), ("ogd", {}), ("gpm", {})],
 )
 def test_every_sequential_method_spends_exactly_its_budget_per_task(method, settings):
     seq = synthetic_sequence("domain", 3, n_train=40)
@@ -533,7 +533,11 @@ def test_geodesic_per_step_solvers_stay_within_the_budget(solver):
      ("ewc", {}, [10] * 3, [13] * 3), ("online-ewc", {}, [10] * 3, [13] * 3),  # a Fisher of 40: ⌈40/16⌉ = 3
      ("geodesic", {}, [13, 9, 9], [13] * 3),  # K-FAC: C + 1 = 4 products
      # a rebuild every 2 steps: 4 steps + 4 (K-FAC) + 4 (one rebuild, at step 2) = 12 ≤ 13
-     ("geodesic", {"refresh": 2}, [13, 4, 4], [13, 12, 12])],
+     ("geodesic", {"refresh": 2}, [13, 4, 4], [13, 12, 12]),
+     ("lwf", {}, [13] * 3, [13] * 3), ("der++", {}, [13] * 3, [13] * 3),
+     ("a-gem", {}, [13, 6, 6], [13, 12, 12]),  # a step: the task's and a stored batch's gradient
+     ("ogd", {}, [12] * 3, [13] * 3),  # the stored gradients of 6 examples: ⌈6/16⌉ = 1
+     ("gpm", {}, [11] * 3, [13] * 3)],  # the layer bases: one forward and one backward pass
 )
 def test_sequential_methods_take_the_steps_their_budget_pays_for(method, settings, steps, spent):
     seq = synthetic_sequence("domain", 3, n_train=40)

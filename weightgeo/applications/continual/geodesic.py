@@ -20,7 +20,7 @@ metric of a memory of the earlier tasks' inputs (labels unused), at the current 
 The diag-fisher metric is frozen as its exact diagonal under kfac and nystrom (one per-example
 gradient per output unit and stored input). ``--refresh K`` rebuilds a frozen metric every K
 steps. ``--anchor S`` adds (S/μ)·D(f(x; θ), f(x; θ₀)) on a memory minibatch (θ₀ the task's start, eval
-mode) to the loss, its gradient preconditioned like the task's (:meth:`Geodesic.extra_loss`).
+mode) to the loss, its gradient preconditioned like the task's (:meth:`Geodesic.anchor_loss`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch import Tensor
 
 from weightgeo.applications.continual.learner import Learned, Learner
 from weightgeo.data.streams import RandomSubsets
-from weightgeo.functional import mask_logits
+from weightgeo.functional import FunctionalModel, mask_logits
 from weightgeo.manifolds import WeightSpace
 from weightgeo.metrics import KroneckerMetric, LowRankMetric, Metric, build_metric
 from weightgeo.metrics.diagonal_fisher import DiagonalOperator
@@ -56,6 +56,12 @@ class FrozenDiagonal(Metric):
 
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
         return self.diag * v
+
+
+def damped_space(fmodel: FunctionalModel, metric: Metric, mu: float, cg_iters: int = 10) -> WeightSpace:
+    """The weight space under G/μ with damping 1, whose Riemannian gradient is μ(G + μI)⁻¹g: the
+    geodesic method's step (and, as μ → 0, the projection off G's range: OGD, GPM)."""
+    return WeightSpace(fmodel, ScaledMetric(metric, 1 / mu), damping=1.0, cg_maxiter=cg_iters)
 
 
 class Solver:
@@ -148,8 +154,7 @@ class Geodesic(Learner):
 
     def scaled(self, metric: Metric) -> WeightSpace:
         """The space under G/μ with damping 1: its Riemannian gradient is μ(G + μI)⁻¹g."""
-        return WeightSpace(self.fmodel, ScaledMetric(metric, 1 / self.strength), damping=1.0,
-                           cg_maxiter=self.settings.cg_iters)
+        return damped_space(self.fmodel, metric, self.strength, self.settings.cg_iters)
 
     def memory_batches(self, t: int) -> RandomSubsets:
         """Fresh random batches of the stored inputs (seeded per task)."""
@@ -204,7 +209,7 @@ class Geodesic(Learner):
 
         return [(refresh, rebuild)]
 
-    def extra_loss(self, theta):
+    def anchor_loss(self, theta: Tensor) -> Tensor | None:
         """(S/μ)·D(f(x; θ), f(x; θ₀)) on a memory minibatch, S = ``--anchor`` (> 0 only).
 
         A term of the loss like any other, so the Riemannian step preconditions its gradient too:
@@ -215,15 +220,14 @@ class Geodesic(Learner):
         Counted with the task gradient as one evaluation (like a replay step). In eval mode, like
         its reference: D is 0 at θ₀ and the memory never enters batch-norm statistics.
         """
-        if self.reference is None:
+        if self.reference is None:  # None without --anchor or before a metric exists
             return None
         x, reference = self.anchor_batches.next()
         logits = self.fmodel(theta, x, self.buffers)
         return self.settings.anchor / self.strength * output_distance(logits, reference, self.settings.fip_distance)
 
-    def anchor_loss(self, theta: Tensor) -> Tensor | None:
-        """The anchor term at θ (None without ``--anchor`` or before a metric exists)."""
-        return self.extra_loss(theta)
+    def extra_loss(self, theta, batch, objective):
+        return self.anchor_loss(theta)
 
     def learn(self, t, theta):
         if len(self.memory) == 0 or not self.solver.traces:

@@ -135,22 +135,43 @@ class _ClosedForm(torch.autograd.Function):
         return upstream * grad, None, None
 
 
+class TaskCrossEntropy(SupervisedLoss):
+    """The task's masked cross-entropy that keeps its batch's logits (``last_logits``, unmasked)."""
+
+    last_logits: Tensor | None = None
+
+    def logits(self, theta: Tensor, x: Tensor) -> Tensor:
+        self.last_logits = self.network(theta, x)
+        return self.last_logits
+
+    def network(self, theta: Tensor, x: Tensor) -> Tensor:
+        """f(x; θ) as the loss runs it (train mode on its buffers where needed), not kept."""
+        return super().logits(theta, x)
+
+
 class TaskObjective:
     """The loss of one task: cross-entropy on its units (gradient tapped) + penalty + extra terms.
 
-    ``loss(θ, batch)`` for :func:`fit`; ``state_dict`` carries the batch-norm buffers.
+    ``loss(θ, batch)`` for :func:`fit`; ``state_dict`` carries the batch-norm buffers. The tap
+    holds the gradient of the terms computed from the task batch's logits (the cross-entropy, and
+    a term on those logits such as LwF's distillation); the penalty and the terms on other inputs
+    are outside it.
     """
 
     def __init__(self, learner: Learner, t: int) -> None:
         self.learner = learner
         self.task = t
-        self.supervised = SupervisedLoss(learner.fmodel, units=learner.seq.allowed(t), buffers=learner.buffers,
-                                         train_mode=learner.train_mode)
+        self.supervised = TaskCrossEntropy(learner.fmodel, units=learner.seq.allowed(t), buffers=learner.buffers,
+                                           train_mode=learner.train_mode)
         self.tap = GradientTap()
 
     @property
     def last_accuracy(self) -> Tensor | None:
         return self.supervised.last_accuracy
+
+    def logits(self, theta: Tensor, x: Tensor) -> Tensor:
+        """f(x; θ) as the task loss runs the network (train mode on its buffers where needed)."""
+        return self.supervised.network(theta, x)
 
     def __call__(self, theta: Tensor, batch: Any) -> Tensor:
         value = self.supervised(self.tap(theta), batch)
@@ -158,7 +179,7 @@ class TaskObjective:
         penalty = self.learner.penalty_grad(point)
         if penalty is not None:
             value = value + _ClosedForm.apply(theta, self.learner.penalty_value(point), penalty)
-        extra = self.learner.extra_loss(theta)
+        extra = self.learner.extra_loss(theta, batch, self)
         return value if extra is None else value + extra
 
     def state_dict(self) -> dict:
@@ -230,8 +251,10 @@ class Learner:
         """The penalty's value (with :meth:`penalty_grad` its gradient)."""
         raise NotImplementedError
 
-    def extra_loss(self, theta: Tensor) -> Tensor | None:
-        """A further differentiable term of the loss (None: none)."""
+    def extra_loss(self, theta: Tensor, batch: Any, objective: TaskObjective) -> Tensor | None:
+        """A further differentiable term of the loss at θ (None: none). ``batch`` is the step's task
+        batch, ``objective.supervised.last_logits`` its logits (with their gradient), and
+        ``objective.logits(θ, x)`` runs the network on other inputs as the task loss does."""
         return None
 
     def hooks(self, t: int, objective: TaskObjective) -> list[tuple[int, Callable[[FitState], Any]]]:

@@ -28,6 +28,15 @@ def units_table(seq: TaskSequence, seen: int | None = None) -> Tensor:
     return torch.stack([torch.ones(seq.num_outputs, dtype=torch.bool) if row is None else row for row in rows])
 
 
+def stored_columns(memory: Memory, seq: TaskSequence, task: int) -> tuple[Tensor, ...]:
+    """The stored examples as a stream's columns while learning ``task``: ``(x, y)``, or ``(x, y,
+    units)`` in the task scenario (each example's own task's output units)."""
+    x, y = memory.inputs(), memory.labels()
+    if seq.scenario != "task":
+        return x, y
+    return x, y, units_table(seq, task)[memory.task_ids()].to(x.device)
+
+
 class ReplayBatches(Stream):
     """A task's minibatches, each followed by as many stored examples drawn with replacement.
 

@@ -28,7 +28,8 @@ from weightgeo.errors import WeightgeoError
 from weightgeo.models import MODEL_NAMES
 from weightgeo.settings import Settings, setting
 
-ALL_METHODS: tuple[str, ...] = ("geodesic", "fip", "finetune", "ewc", "online-ewc", "si", "l2", "replay", "joint")
+ALL_METHODS: tuple[str, ...] = ("geodesic", "fip", "finetune", "ewc", "online-ewc", "si", "l2", "replay", "lwf",
+                                 "a-gem", "der++", "ogd", "gpm", "joint")
 
 
 @dataclass
@@ -59,7 +60,8 @@ class ContinualSettings(Settings):
                           min=1)
     lr: float = setting(0.01, "SGD learning rate (cosine per task).", above=0)
     batch_size: int = setting(64, "Training minibatch size.", min=1)
-    memory: int = setting(100, "Stored inputs per earlier task (geodesic, fip, replay).", min=1)
+    memory: int = setting(100, "Stored examples per earlier task (geodesic and fip: inputs only; replay, a-gem, "
+                          "der++: with labels; ogd, gpm: their gradients, layer inputs).", min=1)
     rank: int = setting(40, "Nyström rank (solver nystrom).", min=1)
     refresh: int = setting(0, "Re-estimate the geodesic metric every this many steps (0: once per task).", min=0)
     cg_iters: int = setting(3, "CG products per step (solvers cg, traverse). Default 3, not the 10 of the other "
@@ -77,6 +79,8 @@ class ContinualSettings(Settings):
     si_xi: float = setting(0.1, "Damping ξ of SI's importance.", above=0, cli=False)
     fip_distance: Literal["bhattacharyya", "squared"] = setting(
         "bhattacharyya", "The output distance of fip and of the anchor.", cli=False)
+    lwf_temperature: float = setting(2.0, "LwF's distillation temperature T.", above=0, cli=False)
+    der_beta: float = setting(1.0, "DER++'s weight β of the stored examples' cross-entropy.", min=0, cli=False)
     val_fraction: float = setting(0.1, "Share of each task's training set held out for validation.", min=0,
                                   max=0.9, cli=False)
 
