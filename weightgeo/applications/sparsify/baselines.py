@@ -1,4 +1,5 @@
-"""The pruning baselines: magnitude (one-shot, fine-tuned, distilled), random, imp, obd, and fip.
+"""The pruning baselines: magnitude (one-shot, fine-tuned, distilled), random, imp (with and without
+rewinding), obd, layer-wise OBS (obs-distill) and fip.
 
 Each is ``method(task, levels, budget) -> list[SparseResult]``. The recovery phases are masked
 fine-tuning with labels or masked distillation without (:mod:`.finetune`, both the library's one
@@ -116,6 +117,57 @@ def imp(task: SparsifyTask, levels, budget: int) -> list[SparseResult]:
             stop = phase if stop is None else worse(stop, phase)
             spent += used
         out.append(sparse_result("imp", s, theta, keep, spent, started, stop=stop, hint=finetune.hint,
+                                 buffers=buffers))
+    return out
+
+
+def imp_rewind(task: SparsifyTask, levels, budget: int) -> list[SparseResult]:
+    """Iterative magnitude pruning with weight rewinding (lottery tickets: Frankle et al. 2020):
+    R rounds, each pruning the previous round's trained weights by magnitude to 1 − (1 − s)^{r/R},
+    rewinding the kept weights to θ_rewind and retraining them with labels for budget/R minibatches
+    with the schedule restarted. The checkpoint holds no early-training weights, so θ_rewind is
+    the dense network after ``rewind_steps`` labelled steps taken from it (0: the dense network:
+    Renda et al.'s rewinding to the end of training), those steps charged to every level."""
+    s = task.settings
+    finetune = finetuning(task)
+    every = torch.ones_like(task.eligible)
+    rewind, spent0, buffers0, stop0 = task.theta, 0, None, None
+    if s.rewind_steps and budget:
+        rewind, spent0, buffers0, stop0 = finetune.run(task.theta, every, min(s.rewind_steps, budget), None)
+    out = []
+    for level in check_levels(levels):
+        started = time.perf_counter()
+        theta, keep, spent, buffers, stop = rewind, every, spent0, buffers0, stop0
+        per_round = (budget - spent0) // s.imp_rounds
+        for r in range(1, s.imp_rounds + 1):
+            keep = task.magnitude_mask(theta, 1 - (1 - level) ** (r / s.imp_rounds)) & keep
+            steps = 0 if stop is not None and stop.diverged else (
+                budget - spent if r == s.imp_rounds else per_round)
+            theta, used, buffers, phase = finetune.run(rewind * keep, keep, steps, buffers0)
+            stop = phase if stop is None else worse(stop, phase)
+            spent += used
+        out.append(sparse_result("imp-rewind", level, theta, keep, spent, started, stop=stop,
+                                 hint=finetune.hint, buffers=buffers))
+    return out
+
+
+def obs_distill(task: SparsifyTask, levels, budget: int) -> list[SparseResult]:
+    """Layer-wise Optimal Brain Surgeon (OBC, Frantar et al. 2022; :mod:`.obs`) on the unlabelled
+    inputs, as many zeros per layer as global magnitude pruning puts there, then masked
+    distillation toward the dense outputs for the whole budget (the pruning is forward passes
+    only: no gradient evaluation). Label-free."""
+    pruner = task.layerwise_obs
+
+    def choose(level):
+        return pruner.prune(task.magnitude_mask(task.theta, level))
+
+    out = []
+    recover = distilling(task)
+    for level in check_levels(levels):
+        started = time.perf_counter()
+        pruned, keep = choose(level)
+        theta, used, buffers, stop = recover.run(pruned, keep, budget, None)
+        out.append(sparse_result("obs-distill", level, theta, keep, used, started, stop=stop, hint=recover.hint,
                                  buffers=buffers))
     return out
 

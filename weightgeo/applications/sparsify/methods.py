@@ -16,10 +16,12 @@ from __future__ import annotations
 from weightgeo.applications.sparsify.baselines import (
     fip_method,
     imp,
+    imp_rewind,
     magnitude,
     magnitude_distill,
     magnitude_finetune,
     obd,
+    obs_distill,
     random_prune,
 )
 from weightgeo.applications.sparsify.geodesic import geodesic, geodesic_finetune
@@ -33,7 +35,9 @@ for _name, _run, _labels in (
     ("magnitude", magnitude, False),
     ("magnitude-finetune", magnitude_finetune, True),
     ("magnitude-distill", magnitude_distill, False),
+    ("obs-distill", obs_distill, False),
     ("imp", imp, True),
+    ("imp-rewind", imp_rewind, True),
     ("obd", obd, True),
 ):
     METHODS.register(_name, SparsifyMethod(_run, labels=_labels),

@@ -16,7 +16,7 @@ from weightgeo.objectives.sparsity import check_sparsity
 from weightgeo.settings import Settings, setting
 
 DEFAULT_METHODS = ("geodesic", "geodesic-finetune", "fip", "random", "magnitude", "magnitude-finetune",
-                   "magnitude-distill", "imp", "obd")
+                   "magnitude-distill", "obs-distill", "imp", "imp-rewind", "obd")
 
 
 @dataclass
@@ -53,7 +53,10 @@ class SparsifySettings(Settings):
                                 min=0)
     lr_finetune: float = setting(0.01, "SGD rate of labelled fine-tuning.", above=0)
     lr_distill: float = setting(0.003, "SGD rate of label-free distillation.", above=0)
-    imp_rounds: int = setting(4, "Rounds of imp.", min=1)
+    imp_rounds: int = setting(4, "Rounds of imp and imp-rewind.", min=1)
+    rewind_steps: int = setting(
+        0, "imp-rewind: labelled steps from the dense network to the rewind point (0: rewind to the dense "
+        "network itself), charged to every level.", min=0)
     checkpoints: bool = setting(True, "Write every sparse network as a checkpoint (with its mask).")
     metric: str = setting("output", "The task metric G: output (JᵀJ on logits), fisher, diag-fisher or euclidean.",
                           choices=METRIC_NAMES)
@@ -69,6 +72,10 @@ class SparsifySettings(Settings):
                                     min=0, max=1)
     batch_size: int = setting(64, "Minibatch size of fine-tuning and distillation.", min=1)
     obd_batch: int | None = setting(None, "Inputs of OBD's diagonal Fisher (default: --metric-batch).", min=1)
+    obs_batch: int | None = setting(
+        None, "obs-distill: unlabelled inputs of its layer Hessians (default: all; forward passes only).", min=1)
+    obs_damping: float = setting(0.01, "obs-distill: OBC's dampening, a fraction of each H's mean diagonal.",
+                                 above=0)
     fip_lam: float = setting(1.0, "fip: λ, the weight of the sparsity objective.", min=0)
     fip_lr: float = setting(0.01, "fip: the step length of its unit-norm steps.", above=0)
     fip_batch: int = setting(200, "fip: reference inputs per step.", min=1)

@@ -17,6 +17,7 @@ from functools import cached_property
 from torch import Tensor
 
 from weightgeo.applications.sparsify.finetune import Distillation
+from weightgeo.applications.sparsify.obs import LayerwiseOBS
 from weightgeo.applications.sparsify.settings import SparsifySettings
 from weightgeo.data import Data
 from weightgeo.data.streams import RandomSubsets
@@ -111,6 +112,14 @@ class SparsifyTask:
             piece for piece, shape in zip(self.fmodel.slices().values(), self.fmodel.shapes, strict=True)
             if s.include_biases or len(shape) >= 2
         ]
+
+    @cached_property
+    def layerwise_obs(self) -> LayerwiseOBS:
+        """OBC on the dense network, its layer Hessians from ``obs_batch`` unlabelled inputs (the
+        first ones; all by default) and its greedy orders computed once, at the first prune."""
+        s = self.settings
+        inputs = self.inputs if s.obs_batch is None else self.inputs[:s.obs_batch]
+        return LayerwiseOBS(self.fmodel, self.theta, inputs, self.eligible, dampening=s.obs_damping)
 
     @cached_property
     def distillation(self) -> Distillation:
