@@ -225,6 +225,7 @@ def test_the_loss_plane_resumes_from_its_saved_rows(pair, uninterrupted, tmp_pat
     (out / "plane.json").unlink()
     reference = json.loads((uninterrupted / "plane.json").read_text())
     sentinel = [123.0] * len(reference["x"])
+    (out / "state").mkdir(exist_ok=True)  # a finished run leaves no state folder
     torch.save({"rows": [sentinel]}, out / "state" / "plane.pt")
     main(["connect", *pair, *RESUMABLE, "--out", str(out), "--resume"])
     plane = json.loads((out / "plane.json").read_text())
@@ -239,22 +240,23 @@ class Interrupted(BaseException):
 @pytest.mark.parametrize("where", ["walk", "final-segment"])
 def test_traverse_interrupted_in_its_walk_or_its_final_segment_resumes_to_the_same_path(pair, tmp_path,
                                                                                      monkeypatch, where):
-    """The walk's state (metric batches and the task loss's batches) is saved with each waypoint;
-    interrupted right after the third save, or after appending its final segment, the resumed
+    """The walk's state (metric batches and the task loss's batches) is saved in each waypoint's
+    file; interrupted right after the third such waypoint, or after appending its final segment, the resumed
     run ends with the uninterrupted path and row."""
     args = ["connect", *pair, "--method", "traverse", "--budget", "60", "--cg-iters", "3", "--tol", "1e-6",
             "--traverse-weight", "1", "--plane-grid", "0", *SMALL]
     main([*args, "--out", str(tmp_path / "whole")])
     if where == "walk":
-        original, calls = WeightPath.save_state, []
+        original, calls = WeightPath.save_waypoint, []
 
-        def save_state(self, k, state):
-            original(self, k, state)  # saved: then the "kill"
-            calls.append(k)
+        def save_waypoint(self, k, theta, state=None):
+            original(self, k, theta, state)  # saved with the walk's state: then the "kill"
+            if state is not None:
+                calls.append(k)
             if len(calls) == 3:
                 raise Interrupted
 
-        monkeypatch.setattr(WeightPath, "save_state", save_state)
+        monkeypatch.setattr(WeightPath, "save_waypoint", save_waypoint)
     else:
         def finish(self, stop):
             raise Interrupted

@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, not a traceback
         if debug or os.environ.get("WEIGHTGEO_DEBUG"):
             raise
+        peer = distributed.peer_failure(err)
+        if peer is not None:
+            click.echo(f"Error: {peer}", err=True)
+            sys.exit(1)
         message = " ".join(str(err).split()) or type(err).__name__
         click.echo(f"Error: unexpected {type(err).__name__}: {message[:300]} (rerun with --debug for the "
                    "traceback)", err=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -155,12 +156,35 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+class RankStopped(WeightgeoError):
+    """The launcher stopped this rank because another one failed (torchrun sends SIGTERM)."""
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """One line for a collective that failed because another rank died (None for other errors)."""
+    if not launched():
+        return None
+    text = str(error).lower()
+    lost = ("connection reset", "connection closed", "broken pipe", "timed out", "timeout", "nccl", "gloo")
+    if isinstance(error, RuntimeError) and any(word in text for word in lost):
+        return (f"rank {os.environ.get('RANK', '?')} stopped: another rank of the run failed or was stopped (its own message says "
+                "why); what was written so far is kept; rerun the same command with --resume to continue")
+    return None
+
+
+def _stopped_by_launcher(signum, frame) -> None:
+    raise RankStopped(
+        f"rank {rank()} stopped: another rank of the run failed (its own message says why); what was "
+        "written so far is kept; rerun the same command with --resume to continue")
+
+
 @contextmanager
 def process_group(device_kind: str, timeout_s: float = 600.0) -> Iterator[None]:
     """Join the process group that ``torchrun`` set up (NCCL on GPUs, gloo on CPUs), then leave it.
 
     A no-op for one process. A rank whose peer died gets an error from its next collective after
-    at most ``timeout_s`` seconds instead of hanging.
+    at most ``timeout_s`` seconds instead of hanging; a rank that ``torchrun`` stops (SIGTERM, after
+    another rank failed) raises :class:`RankStopped`, one line on the command line.
     """
     if not launched() or dist.is_initialized():
         yield
@@ -169,7 +193,10 @@ def process_group(device_kind: str, timeout_s: float = 600.0) -> Iterator[None]:
     if backend == "nccl":
         torch.cuda.set_device(local_device("cuda"))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    previous = signal.signal(signal.SIGTERM, _stopped_by_launcher)
     try:
         yield
     finally:
-        dist.destroy_process_group()
+        signal.signal(signal.SIGTERM, previous)
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,8 +1,8 @@
 """Evaluating a network at θ: logits, loss and accuracy on a data set, in large batches.
 
-The one place evaluation is written: training logs, the applications' reports and the
-per-point evaluation of paths all call :func:`evaluate` (or :func:`evaluate_many` for many
-points at once). Evaluation runs in eval mode (batch norm on the given running statistics,
+The one place evaluation is written: training logs and the applications' reports call
+:func:`evaluate` (or :func:`loss_and_correct` for the sums on the device); connect's evaluation
+of many points along a path builds on the same sums. Evaluation runs in eval mode (batch norm on the given running statistics,
 dropout off) and reads its result from the device once, at the end (logging and reports).
 """
 

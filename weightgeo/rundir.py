@@ -288,8 +288,12 @@ class RunDirectory:
         return load_tensors(file) if file.exists() else None
 
     def drop_state(self, key: str) -> None:
+        """Forget unit ``key``'s progress (it finished); the state folder goes when empty."""
         if distributed.is_writer():
-            self._state_file(key).unlink(missing_ok=True)
+            file = self._state_file(key)
+            file.unlink(missing_ok=True)
+            if file.parent.exists() and not any(file.parent.iterdir()):
+                file.parent.rmdir()
 
     # -- files ---------------------------------------------------------------------------------------
     def __truediv__(self, name: str) -> Path:

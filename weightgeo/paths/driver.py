@@ -169,10 +169,8 @@ def drive(
             observation = rule.observe(point)
             budget.charge(observation.cost)
             if record is not None:
-                k = path.append(point, objective=observation.value, grad_evals=budget.spent,
+                k = path.append(point, state=before, objective=observation.value, grad_evals=budget.spent,
                                 **record, **observation.record)
-                if before is not None:
-                    path.save_state(k, before)
                 evaluated_last = k % evaluate_every == 0
                 if evaluate is not None and evaluated_last:
                     path.update_last(**evaluate(point))
@@ -240,8 +238,10 @@ def run_tracer(
         if saved is not None:
             rule.load_state_dict(saved["rule"])
             spent = int(saved["spent"])
+    offset = max(0, len(path) - 1)  # steps already on the path: a stop's step counts on from them
     stop = drive(rule, path, max_steps=max_steps, budget=Budget(budget, spent), first_record=first,
                  evaluate=evaluate, evaluate_every=evaluate_every, callback=callback, progress=progress)
+    stop = Stop(stop.reason, stop.step + offset, stop.cause)
     path.last_stop = stop
     if finish:
         return path.finish(stop)

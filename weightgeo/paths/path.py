@@ -13,8 +13,8 @@ stage ended, and every tracer given ``path=`` (and ``finish=False``) continues t
 
 With a directory, a Path is streamed to disk as it grows — ``metrics.jsonl`` (one JSON
 object per point, appended), ``waypoints/point_XXXXXXX.pt`` every ``save_every`` points and
-at the end, ``path.json`` (the summary, kept current at every flush) and ``state.pt`` (the
-tracer's state at the last saved waypoint) — and keeps in memory only its start and its
+at the end, ``path.json`` (the summary, kept current at every flush); a waypoint file also holds the
+tracer's state at that point — and keeps in memory only its start and its
 current end, so a long path of a large network costs two copies of θ. Without a directory the
 saved waypoints stay in memory instead. An interrupted run keeps everything up to its last
 saved waypoint: :meth:`Path.resume` reopens it there, with the tracer's state, and a tracer
@@ -40,7 +40,6 @@ from weightgeo.stopping import Stop, StopReason
 _WAYPOINTS = "waypoints"
 _RECORDS = "metrics.jsonl"
 _SUMMARY = "path.json"
-_STATE = "state.pt"
 
 
 def _waypoint_file(directory: FilePath, k: int) -> FilePath:
@@ -96,7 +95,7 @@ class Path:
         if self.directory is not None and distributed.is_writer():
             # A new path replaces one left in the same directory (continuing one is
             # Path.resume's job): its files are removed, never appended to.
-            for stale in [self.directory / _RECORDS, self.directory / _SUMMARY, self.directory / _STATE,
+            for stale in [self.directory / _RECORDS, self.directory / _SUMMARY,
                           *(self.directory / _WAYPOINTS).glob("point_*.pt")]:
                 stale.unlink(missing_ok=True)
             (self.directory / _WAYPOINTS).mkdir(parents=True, exist_ok=True)
@@ -110,8 +109,11 @@ class Path:
     def finished(self) -> bool:
         return self.stop is not None
 
-    def append(self, theta: Tensor, **record: Any) -> int:
+    def append(self, theta: Tensor, *, state: dict | None = None, **record: Any) -> int:
         """Add point θ_k with its record (tensors stay on the device until the next flush).
+
+        ``state`` (a tracer's state at θ_k) is stored in θ_k's waypoint file when θ_k is saved,
+        so a waypoint and the state to resume from it are written together, atomically.
 
         Raises:
             WeightgeoError: the path is finished.
@@ -125,7 +127,7 @@ class Path:
         self._pending.append({"point": k, **record})
         if k % self.save_every == 0:
             self.flush()  # records first: a waypoint never exists without its record
-            self.save_waypoint(k, self.end)
+            self.save_waypoint(k, self.end, state)
         return k
 
     def update_last(self, **values: Any) -> None:
@@ -150,26 +152,24 @@ class Path:
         """Whether θ_k has been saved as a waypoint."""
         return k in self._saved_points
 
-    def save_waypoint(self, k: int, theta: Tensor) -> None:
+    def save_waypoint(self, k: int, theta: Tensor, state: dict | None = None) -> None:
+        """Save θ_k (and a tracer's state there, for :meth:`resume`) in one atomic file."""
         if k in self._saved_points:
             return
         if self.directory is None or not distributed.is_writer():  # ranks > 0 keep theirs in memory
             self._memory_waypoints[k] = theta.detach().clone()
         else:
-            save_tensors(_waypoint_file(self.directory, k), {"theta": theta.detach().cpu()})
+            content = {"theta": theta.detach().cpu()}
+            if state is not None:
+                content["state"] = state
+            save_tensors(_waypoint_file(self.directory, k), content)
         self._saved_points.append(k)
 
-    def save_state(self, k: int, state: dict) -> None:
-        """Save a tracer's state at saved waypoint k, so :meth:`resume` can continue from it."""
-        if self.directory is not None:
-            save_tensors(self.directory / _STATE, {"point": k, **state})
-
     def load_state(self) -> dict | None:
-        """The tracer state saved at the last waypoint (None: none, or not at that waypoint)."""
-        if self.directory is None or not (self.directory / _STATE).exists():
+        """The tracer state saved with the last waypoint, if that waypoint is the path's end."""
+        if self.directory is None or not self._saved_points or self._saved_points[-1] != len(self) - 1:
             return None
-        state = load_tensors(self.directory / _STATE)
-        return state if state.get("point") == len(self) - 1 else None
+        return load_tensors(_waypoint_file(self.directory, len(self) - 1)).get("state")
 
     def flush(self) -> None:
         """Move pending records to host memory, append them to ``metrics.jsonl`` and refresh
@@ -214,8 +214,6 @@ class Path:
         if len(self):
             self.save_waypoint(len(self) - 1, self.end)
         self.stop = _stop(stop, max(0, len(self) - 1))
-        if self.directory is not None and distributed.is_writer():
-            (self.directory / _STATE).unlink(missing_ok=True)
         self._write_summary()
         return self
 

@@ -159,9 +159,7 @@ class PointEvaluator:
 
 def path_metric_length(space: WeightSpace, points: Tensor, inputs: Tensor | None) -> float:
     """Σ of metric distances between consecutive points (Euclidean: exact for a polyline)."""
-    with torch.no_grad():
-        sq = space.segment_energies(points, inputs)
-    return float(sq.clamp_min(0).sqrt().sum())  # reporting
+    return float(space.segment_lengths(points, inputs).sum())  # reporting (averaged over ranks)
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:

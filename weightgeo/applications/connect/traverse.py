@@ -98,10 +98,7 @@ def _walk(task: ConnectTask, path: Path, step: float, max_steps: int) -> Stop:
     taken = max(0, len(path) - 1)  # steps an interrupted run had taken
     traverse(task.space(), objective, step_size=step, max_steps=max_steps - taken, path=path, finish=False,
              metric_inputs=inputs, budget=s.budget, progress=task.progress)
-    stop = path.last_stop
-    if taken:  # the driver counts the steps of its own call: count on from the resumed point
-        stop = Stop(stop.reason, stop.step + taken, stop.cause)
-        path.stages[-1].update(stop_step=stop.step)
+    stop = path.last_stop  # its step counts on from the resumed point (run_tracer's offset)
     path.flush()
     path.save_waypoint(len(path) - 1, path.end)  # where the walk stopped is a vertex of the curve
     return stop
@@ -121,10 +118,9 @@ def method_traverse(task: ConnectTask) -> MethodResult:
         walk_end = path.end
         remaining = float((task.theta_b - walk_end).norm())  # reporting
         if remaining > 0:
-            with torch.no_grad():
-                sq = task.space().segment_energies(torch.stack([walk_end, task.theta_b]))
+            length = task.space().segment_lengths(torch.stack([walk_end, task.theta_b]))[0]
             path.begin_stage(FINAL)
-            path.append(task.theta_b, metric_length=sq[0].clamp_min(0).sqrt(), euclidean_length=remaining,
+            path.append(task.theta_b, metric_length=length, euclidean_length=remaining,
                         grad_evals=path.grad_evals, final_segment=True)
             path.end_stage("done")
     else:  # an interrupted run had appended the final segment already
