@@ -103,3 +103,31 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(ranks):
         for r, result in enumerate(ranks):
             torch.testing.assert_close(result[name], expected, rtol=1e-10, atol=1e-12,
                                        msg=lambda m, name=name, r=r: f"{name} on rank {r}: {m}")
+
+
+@pytest.mark.slow
+def test_a_command_under_torchrun_gives_the_single_process_results(tmp_path):
+    """torchrun --standalone --nproc-per-node 2 -m weightgeo sparsify …: the same numbers and costs."""
+    import csv
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    python = [sys.executable, "-m"]
+    subprocess.run([*python, "weightgeo", "train", "--hidden", "16", "--epochs", "2", "--device", "cpu",
+                    "--out", str(tmp_path / "mlp")], check=True, env=env, capture_output=True)
+    command = ["weightgeo", "sparsify", str(tmp_path / "mlp"), "--sparsity", "0.9", "--budget", "30",
+               "--method", "geodesic,magnitude-distill", "--metric-batch", "64", "--device", "cpu"]
+    subprocess.run([*python, *command, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
+    launched = subprocess.run([*python, "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                               *command, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+
+    def rows(folder):
+        with open(tmp_path / folder / "results.csv") as handle:
+            return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+    one, two = rows("one"), rows("two")
+    assert [r["grad_evals"] for r in one] == [r["grad_evals"] for r in two]
+    for a, b in zip(one, two, strict=True):
+        assert abs(float(a["test_accuracy"]) - float(b["test_accuracy"])) <= 0.002
