@@ -105,3 +105,23 @@ def test_the_readme_shows_the_example_exactly_as_it_runs():
     block = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert block == EXAMPLE.read_text()
     assert len(block.strip().splitlines()) <= 30  # an Objective plus its registration in at most 30 lines
+
+
+def test_connect_takes_a_users_metric_by_import_path(mnist5k_mlps, tmp_path, monkeypatch, capsys):
+    """A metric written as the README shows (only mvp), named package.module:Name on the command line."""
+    (tmp_path / "mymetrics.py").write_text(
+        "import torch\nfrom weightgeo.metrics import Metric\n\n"
+        "class Scaled(Metric):\n    product_cost = 0\n\n"
+        "    def __init__(self, model, inputs):\n        self.scale = 4.0\n\n"
+        "    def mvp(self, theta, v):\n        return self.scale * v\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    a, b = (str(mnist5k_mlps[k]["checkpoint"]) for k in ("a", "b"))
+    main(["connect", a, b, "--method", "linear,relax", "--metric", "mymetrics:Scaled", "--budget", "20",
+          "--nodes", "2", "--plane-grid", "0", "--points", "5", "--out", str(tmp_path / "c")])
+    import csv
+
+    rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "c" / "results.csv"))}
+    # under G = 4I the metric length of the straight line is twice its Euclidean length
+    assert float(rows["linear"]["metric_length"]) == pytest.approx(2 * float(rows["linear"]["euclidean_length"]),
+                                                                     rel=1e-4)

@@ -34,6 +34,7 @@ def setting(
     max: float | None = None,
     above: float | None = None,
     choices: Any = None,
+    check: Any = None,
     cli: bool = True,
     default_factory: Any = _MISSING,
 ) -> Any:
@@ -45,9 +46,12 @@ def setting(
         choices: the allowed values of a string (or of a tuple's items): a tuple or a
             :class:`~weightgeo.registry.Registry` (read when the settings are built, so names
             registered later are allowed).
+        check: a callable that raises a one-line WeightgeoError for a bad value (e.g. a metric
+            given by name or import path, resolved when the settings are built).
         cli: whether the command line gets an option for it.
     """
-    metadata = {"help": help, "min": min, "max": max, "above": above, "choices": choices, "cli": cli}
+    metadata = {"help": help, "min": min, "max": max, "above": above, "choices": choices, "check": check,
+                "cli": cli}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     if isinstance(default, list | dict | set):
@@ -99,7 +103,15 @@ def _optional(hint: Any) -> tuple[Any, bool]:
 
 
 def check_value(name: str, value: Any, hint: Any, metadata: Mapping[str, Any]) -> Any:
-    """``value`` checked (and normalised: lists → tuples, ints → floats) against the field's hint."""
+    """``value`` checked (and normalised: lists → tuples, ints → floats) against the field's hint
+    and its ``check``."""
+    value = _check_type(name, value, hint, metadata)
+    if value is not None and metadata.get("check") is not None:
+        metadata["check"](value)
+    return value
+
+
+def _check_type(name: str, value: Any, hint: Any, metadata: Mapping[str, Any]) -> Any:
     hint, optional = _optional(hint)
     label = _option(name)
     if value is None:

@@ -38,6 +38,7 @@ from weightgeo.evaluation import evaluate
 from weightgeo.functional import FunctionalModel
 from weightgeo.manifolds import WeightSpace
 from weightgeo.metrics import Euclidean, build_metric
+from weightgeo.metrics.registry import METRIC_HELP, metric_builder
 from weightgeo.objectives import Objective
 from weightgeo.paths import Path as WeightPath
 from weightgeo.paths import traverse
@@ -95,8 +96,7 @@ class TraceSettings(Settings):
 
     methods: tuple[str, ...] = setting(("geodesic", "euclidean"), "Methods to run, comma-separated.",
                                        choices=TRACE_METHODS)
-    metric: str = setting("output", "The task metric: output, fisher, diag-fisher, euclidean, kfac, nystrom, "
-                          "or an import path package.module:Name (Name(model, inputs) builds it).")
+    metric: str = setting("output", METRIC_HELP, check=metric_builder)
     metric_batch: int = setting(256, "Inputs per metric estimate (a fresh batch every step).", min=1)
     damping: float = setting(1e-3, "μ in the damped natural-gradient step (G + μI)^-1 ∇O.", min=0)
     cg_iters: int = setting(10, "Conjugate-gradient iterations per step.", min=1)

@@ -14,10 +14,10 @@ batch-norm CNN) of a default run on mnist5k.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from weightgeo.applications.connect.methods import DEFAULT_METHODS, METHODS
 from weightgeo.errors import WeightgeoError
+from weightgeo.metrics.registry import METRIC_HELP, metric_builder
 from weightgeo.settings import Settings, setting
 
 LARGE_NETWORK = 5_000_000
@@ -68,8 +68,7 @@ class ConnectSettings(Settings):
     step_size: float | None = setting(0.25, "traverse: ε, the Euclidean length of each step (none: 1% of "
                                       "||θ_b − θ_a||); its steps follow from --budget.", above=0)
     damping: float = setting(1e-3, "μ in the damped natural-gradient step (G + μI)^-1 ∇O.", min=0)
-    metric: Literal["output", "fisher", "euclidean"] = setting(
-        "output", "The task metric G: output (JᵀJ on logits), fisher or euclidean.")
+    metric: str = setting("output", METRIC_HELP, check=metric_builder)
     cg_iters: int = setting(10, "Conjugate-gradient iterations per step.", min=1)
     metric_batch: int = setting(256, "Inputs over which the metric is averaged at each step.", min=1)
     seed: int = setting(0, "Random seed (reruns give the same numbers).")
