@@ -328,3 +328,33 @@ def test_solve_costs_are_the_metrics_own():
     assert space.solve_cost(50) == 4 == space.natural_gradient(theta, torch.ones_like(theta)).cost
     nystrom = WeightSpace(model, NystromMetric(OutputMetric(model, x), rank=5))
     assert nystrom.solve_cost(50) == 5 == nystrom.natural_gradient(theta, torch.ones_like(theta)).cost
+
+
+def test_masked_solves_are_the_dense_subspace_solve_for_every_kind_of_solve():
+    """(P G P + μI)⁻¹ P g for a CG solve (output metric), exact solves that do not commute with
+    the mask (K-FAC) and ones that do (diagonal Fisher, Euclidean), and a subspace of a subspace."""
+    from weightgeo.metrics import DiagonalFisher, Euclidean, KFACMetric, OutputMetric
+    from weightgeo.metrics.scaled import ScaledMetric
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    fm = FunctionalModel(model)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    theta = fm.theta()
+    g = torch.randn(fm.n, dtype=torch.float64)
+    outer = (torch.arange(fm.n) % 3 != 0).double()
+    inner = (torch.arange(fm.n) % 2 == 0).double()
+    metrics = [OutputMetric(fm, x), KFACMetric(fm, x), DiagonalFisher(fm, x), Euclidean(),
+               ScaledMetric(KFACMetric(fm, x), 0.5)]
+    for metric in metrics:
+        dense = metric.dense(theta) if not isinstance(metric, Euclidean) else torch.eye(fm.n, dtype=torch.float64)
+        for mask in (outer, outer * inner):
+            p = torch.diag(mask)
+            expected = torch.linalg.solve(p @ dense @ p + 0.1 * torch.eye(fm.n, dtype=torch.float64), mask * g)
+            space = WeightSpace(fm, metric, damping=0.1, mask=outer, cg_maxiter=200, cg_tol=1e-13)
+            if mask is not outer:  # a subspace of the subspace
+                space = WeightSpace(fm, metric, damping=0.1, mask=outer, cg_maxiter=200, cg_tol=1e-13)
+                got = space.operator(theta).solve_masked(inner, g, 0.1, 200, 1e-13).x
+            else:
+                got = space.natural_gradient(theta, g).x
+            torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-10, msg=type(metric).__name__)

@@ -55,11 +55,12 @@ class MaskedOperator(MetricOperator):
         return self.inner_operator.charge(products)
 
     def solve(self, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6):
-        # A subclass with an exact solve (diagonal, Euclidean) stays exact on the subspace.
-        if type(self.inner_operator).solve is not MetricOperator.solve:
-            sol = self.inner_operator.solve(self.mask * g, damping, maxiter, tol)
-            return sol._replace(x=self.mask * sol.x)
-        return super().solve(self.mask * g, damping, maxiter, tol)
+        """(P G P + μI)⁻¹ P g: the inner operator's masked solve (exact where it can be)."""
+        return self.inner_operator.solve_masked(self.mask, g, damping, maxiter, tol)
+
+    def solve_masked(self, mask: Tensor, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6):
+        """A subspace of this subspace: the masks multiply."""
+        return self.inner_operator.solve_masked(self.mask * mask, g, damping, maxiter, tol)
 
     def geodesic_force(self, v: Tensor) -> tuple[Tensor | None, Tensor, int]:
         """The force of the metric restricted to the subspace: P F(θ, P v)."""

@@ -48,6 +48,14 @@ class Solution(NamedTuple):
     products: int
     cost: int = 0
 
+    def charged(self, cost: int) -> Solution:
+        """The same solution with its cost in gradient evaluations."""
+        return Solution(self.x, self.residual, self.iterations, self.products, cost)
+
+    def moved(self, x: Tensor) -> Solution:
+        """The same solve with another x (e.g. masked)."""
+        return Solution(x, self.residual, self.iterations, self.products, self.cost)
+
 
 def conjugate_gradient(
     matvec, b: Tensor, maxiter: int = 20, tol: float = 1e-6, x0: Tensor | None = None
@@ -131,7 +139,19 @@ class MetricOperator:
         if damping < 0:
             raise WeightgeoError(f"damping must be ≥ 0, got {damping}")
         solution = conjugate_gradient(lambda v: self @ v + damping * v, g, maxiter=maxiter, tol=tol)
-        return solution._replace(cost=self.charge(solution.products))
+        return solution.charged(self.charge(solution.products))
+
+    def solve_masked(
+        self, mask: Tensor, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6
+    ) -> Solution:
+        """(P G P + μI)⁻¹ P g with P = diag(mask): the solve on the subspace of the unmasked
+        coordinates (CG on masked products; metrics whose solve commutes with masks — diagonal
+        ones — override it with their exact form)."""
+        if damping < 0:
+            raise WeightgeoError(f"damping must be ≥ 0, got {damping}")
+        solution = conjugate_gradient(lambda v: mask * (self @ (mask * v)) + damping * v, mask * g,
+                                      maxiter=maxiter, tol=tol)
+        return solution.charged(self.charge(solution.products))
 
     def geodesic_force(self, v: Tensor) -> tuple[Tensor | None, Tensor, int]:
         """(F(θ, v), vᵀG(θ)v, cost): the force of the geodesic equation (G + λI)θ'' = −F at (θ, v = θ').

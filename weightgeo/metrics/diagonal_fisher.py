@@ -43,6 +43,10 @@ class DiagonalOperator(MetricOperator):
             denominator = denominator.clamp_min(torch.finfo(g.dtype).tiny)
         return Solution(g / denominator, torch.zeros((), device=g.device), 0, 0, self.charge(0))
 
+    def solve_masked(self, mask: Tensor, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6):
+        """(P diag(d) P + μI)⁻¹ P g = P g / (d + μ): a diagonal solve commutes with the mask."""
+        return self.solve(mask * g, damping)
+
     def dense(self) -> Tensor:
         return torch.diag(self.diag)
 

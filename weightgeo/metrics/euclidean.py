@@ -17,6 +17,10 @@ class EuclideanOperator(MetricOperator):
     def solve(self, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6):
         return Solution(g / (1.0 + damping), torch.zeros((), device=g.device), 0, 0, 0)
 
+    def solve_masked(self, mask: Tensor, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6):
+        """(P + μI)⁻¹ P g = P g / (1 + μ): exact."""
+        return self.solve(mask * g, damping)
+
     def geodesic_force(self, v: Tensor) -> tuple[None, Tensor, int]:
         """No force: geodesics are straight lines."""
         return None, v @ v, 0

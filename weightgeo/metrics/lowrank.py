@@ -152,7 +152,7 @@ class NystromOperator(LowRankOperator):
         return 0  # two thin matrix products
 
     def solve(self, g: Tensor, damping: float = 0.0, maxiter: int = 20, tol: float = 1e-6):
-        return super().solve(g, damping, maxiter, tol)._replace(cost=self.charge(0))
+        return super().solve(g, damping, maxiter, tol).charged(self.charge(0))
 
     geodesic_force = MetricOperator.geodesic_force  # from derivatives of the re-sketched products
 

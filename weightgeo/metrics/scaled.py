@@ -45,6 +45,14 @@ class ScaledOperator(MetricOperator):
         return Solution(solution.x * self.inverse, solution.residual, solution.iterations, solution.products,
                         solution.cost)
 
+    def solve_masked(self, mask: Tensor, g: Tensor, damping: float = 0.0, maxiter: int = 20,
+                     tol: float = 1e-6) -> Solution:
+        """(c P G P + μI)⁻¹ P g = (1/c)(P G P + (μ/c) I)⁻¹ P g: the inner masked solve, rescaled."""
+        if damping < 0:
+            raise WeightgeoError(f"damping must be ≥ 0, got {damping}")
+        solution = self.inner.solve_masked(mask, g, damping * self.inverse, maxiter, tol)
+        return solution.moved(solution.x * self.inverse)
+
     def geodesic_force(self, v: Tensor) -> tuple[Tensor | None, Tensor, int]:
         force, speed_sq, cost = self.inner.geodesic_force(v)
         return (None if force is None else self.factor * force), self.factor * speed_sq, cost
