@@ -657,3 +657,31 @@ def test_geodesic_forgets_less_than_finetune_on_two_permuted_mnist5k_tasks():
     assert geodesic["forgetting"] < finetune["forgetting"] - 0.03
     assert geodesic["bwt"] > finetune["bwt"] + 0.03
     assert geodesic["avg_accuracy"] >= finetune["avg_accuracy"]
+
+
+# -- the class-incremental default: the hybrid with the output anchor ----------------------------------
+
+
+@pytest.mark.parametrize(("scenario", "anchor"), [("class", 1.0), ("task", 0.0), ("domain", 0.0)])
+def test_geodesic_anchor_defaults_to_the_hybrid_in_the_class_scenario_only(scenario, anchor):
+    settings = config(scenario=scenario)
+    assert settings.anchor is None and settings.anchor_or_default == anchor
+    assert config(scenario=scenario, anchor=0.5).anchor_or_default == 0.5  # a chosen value wins
+    assert config(scenario="class", anchor=0.0).anchor_or_default == 0.0  # the pure step, on request
+    seq = synthetic_sequence(scenario, 2, n_train=20)
+    learner = make_learner("geodesic", small_net(seq.num_outputs), seq, config(scenario=scenario))
+    learner.after_task(0, learner.fmodel.theta())
+    learner.before_task(1, learner.fmodel.theta())
+    assert (learner.reference is not None) == (anchor > 0)  # the anchor's frozen outputs, class only
+
+
+@pytest.mark.parametrize(("scenario", "hybrid"), [("class", True), ("task", False)])
+def test_the_report_labels_the_geodesic_hybrid_as_one(tmp_path, scenario, hybrid):
+    from weightgeo.applications import RunOptions
+    from weightgeo.applications.continual import run_experiment
+
+    outcome = run_experiment(tmp_path / scenario, tasks="split-mnist", scenario=scenario, n_tasks=2,
+                             method=("geodesic",), budget=14, max_train=40, memory=5, options=RunOptions())
+    text = outcome.summary.read_text()
+    assert ("**geodesic is a hybrid here**" in text) == hybrid
+    assert ("--anchor 1" in text) == hybrid

@@ -133,6 +133,7 @@ class Geodesic(Learner):
         super().__init__(*args, **kwargs)
         self.solver = SOLVERS[self.settings.solver]
         self.hint = self.solver.hint
+        self.anchor = self.settings.anchor_or_default
         self.metric_space: WeightSpace | None = None
         self.reference: Tensor | None = None
         self.anchor_batches: RandomSubsets | None = None
@@ -168,7 +169,7 @@ class Geodesic(Learner):
             first = self.metric_on(self.memory.inputs()[: self.settings.metric_batch])
             self.metric_space = self.scaled(ResampledMetric(first, self.memory_batches(t)))
             return 0
-        if self.settings.anchor > 0:
+        if self.anchor > 0:
             inputs = self.memory.inputs()
             with torch.no_grad():  # the frozen outputs of the task's start on the memory, in eval mode
                 self.reference = self.fmodel(theta.detach(), inputs, self.buffers)
@@ -224,7 +225,7 @@ class Geodesic(Learner):
             return None
         x, reference = self.anchor_batches.next()
         logits = self.fmodel(theta, x, self.buffers)
-        return self.settings.anchor / self.strength * output_distance(logits, reference, self.settings.fip_distance)
+        return self.anchor / self.strength * output_distance(logits, reference, self.settings.fip_distance)
 
     def extra_loss(self, theta, batch, objective):
         return self.anchor_loss(theta)

@@ -47,6 +47,14 @@ def _std(values) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def _hybrid(s: ContinualSettings) -> str:
+    """The label of the geodesic method when its output anchor is on: a hybrid, named as one."""
+    if s.anchor_or_default <= 0 or "geodesic" not in s.method:
+        return ""
+    return (f"; **geodesic is a hybrid here**: the geodesic step plus fip's pull-back of the memory's outputs "
+            f"(--anchor {s.anchor_or_default:g})")
+
+
 def _matrix(row: dict) -> list[list[float]]:
     return [[_float(a) for a in line] for line in row["matrix"]]
 
@@ -73,7 +81,8 @@ def write_report(run: Path, results: list[dict], tuning: list[dict], settings: C
     header = (
         f"{s.seeds} seed(s) ({', '.join(map(str, s.seed_list))}), model {s.model_or_default}, base "
         f"{s.base_or_default}, budget {s.budget} gradient evaluations per task (joint: the total), memory "
-        f"{s.memory} inputs per earlier task, geodesic metric {s.metric} ({s.solver} solver), lr {s.lr:g}."
+        f"{s.memory} inputs per earlier task, geodesic metric {s.metric} ({s.solver} solver){_hybrid(s)}, "
+        f"lr {s.lr:g}."
         + (f" Strengths tuned on the validation split of seed {s.seed}." if s.tune else "")
     )
     text = (

@@ -28,6 +28,9 @@ from weightgeo.errors import WeightgeoError
 from weightgeo.models import MODEL_NAMES
 from weightgeo.settings import Settings, setting
 
+CLASS_ANCHOR = 1.0
+"""The default ``--anchor`` of the class scenario (the hybrid; 0 elsewhere)."""
+
 ALL_METHODS: tuple[str, ...] = ("geodesic", "fip", "finetune", "ewc", "online-ewc", "si", "l2", "replay", "lwf",
                                  "a-gem", "der++", "ogd", "gpm", "joint")
 
@@ -46,8 +49,11 @@ class ContinualSettings(Settings):
         "output", "The geodesic method's metric of the earlier tasks.")
     solver: str = setting("kfac", "How the geodesic step solves (G + μI)^-1 ∇L (see README).", choices=SOLVERS)
     damping: float | None = setting(None, "μ of the geodesic method (default 0.1; tuned with --tune).", above=0)
-    anchor: float = setting(0.0, "Geodesic only: S, the pull (S/μ)·Bhattacharyya of the memory's outputs back to "
-                            "the task's start, preconditioned like the task loss (0: off).", min=0)
+    anchor: float | None = setting(
+        None, "Geodesic only: S, the pull (S/μ)·Bhattacharyya of the memory's outputs back to the task's start, "
+        "preconditioned like the task loss (0: off, the pure geodesic step). A hybrid of the geodesic step and "
+        f"fip's pull-back, labelled as one in every report. Default: {CLASS_ANCHOR:g} in the class scenario, "
+        "where the pure step forgets, 0 in the task and domain scenarios.", min=0)
     strength: dict[str, float] = setting({}, "Penalty strengths, e.g. ewc=1000,si=1 (default: the tuned "
                                          "defaults).", above=0)
     tune: bool = setting(False, "Tune each penalised method's strength (and μ) on a validation split.")
@@ -102,6 +108,13 @@ class ContinualSettings(Settings):
     def scenario_or_default(self) -> str:
         """The scenario: the chosen one or the sequence's default."""
         return self.scenario or default_scenario(self.tasks)
+
+    @property
+    def anchor_or_default(self) -> float:
+        """S of the geodesic method's output anchor: the chosen one, or the scenario's default."""
+        if self.anchor is not None:
+            return self.anchor
+        return CLASS_ANCHOR if self.scenario_or_default == "class" else 0.0
 
     @property
     def model_or_default(self) -> str:
