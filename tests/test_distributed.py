@@ -32,10 +32,18 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def computations() -> dict[str, torch.Tensor]:
     """Everything checked, computed the same way by one process and by each rank."""
-    from weightgeo import DiagonalFisher, FunctionalModel, OutputMetric, TargetPoint, TaskLoss, WeightSpace, traverse
+    from weightgeo import (
+        DiagonalFisher,
+        FunctionalModel,
+        OutputMetric,
+        TargetPoint,
+        TaskLoss,
+        WeightSpace,
+        traverse,
+    )
     from weightgeo.data.streams import Fixed
-    from weightgeo.metrics import KFACMetric
     from weightgeo.evaluation import loss_and_correct
+    from weightgeo.metrics import KFACMetric
     from weightgeo.optim import OptimizerSpec, SupervisedLoss, fit
 
     model = _model()
