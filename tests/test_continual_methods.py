@@ -28,6 +28,7 @@ from weightgeo.applications.continual.methods import ReplayBatches, empirical_fi
 from weightgeo.data.core import Data
 from weightgeo.data.streams import Fixed
 from weightgeo.data.tasks import Task, TaskSequence, make_task_sequence, mask_logits
+from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.metrics import FisherMetric, OutputMetric
 from weightgeo.paths import output_distance
@@ -685,3 +686,40 @@ def test_the_report_labels_the_geodesic_hybrid_as_one(tmp_path, scenario, hybrid
     text = outcome.summary.read_text()
     assert ("**geodesic is a hybrid here**" in text) == hybrid
     assert ("--anchor 1" in text) == hybrid
+
+
+# -- a user's metric by import path ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("solver", "settings"), [("cg", {"budget": 4, "cg_iters": 3}),
+                                                   ("nystrom", {"budget": 5, "rank": 4})])
+def test_geodesic_steps_under_a_users_metric_given_by_import_path(solver, settings):
+    # tests.test_metrics:UserMetric is G = 2I, so the first step is −lr μ (2I + μI)⁻¹ ∇L = −lr ∇L μ/(2 + μ)
+    # (the Nyström solver of rank 4 < n keeps only 4 directions of 2I: then a different step).
+    seq = synthetic_sequence("domain", 2, n_train=20)
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)))
+    mu, lr = 0.5, 0.05
+    learner = make_learner("geodesic", fmodel, seq, config(solver=solver, metric="tests.test_metrics:UserMetric",
+                                                           batch_size=64, memory=2, lr=lr,
+                                                           strength={"geodesic": mu}, **settings))
+    learner.after_task(0, fmodel.theta())
+    theta0 = perturbed(fmodel.theta(), 5)
+    learned = learner.learn(1, theta0)
+    data = seq.tasks[1].train
+    t = theta0.clone().requires_grad_(True)
+    g = torch.autograd.grad(F.cross_entropy(fmodel(t, data.x), data.y), t)[0]
+    step = learned.theta - theta0
+    if solver == "cg":
+        assert torch.allclose(step, -lr * g * mu / (2 + mu), rtol=1e-4, atol=1e-7)
+    else:
+        assert not torch.allclose(step, -lr * g * mu / (2 + mu), rtol=1e-2, atol=1e-6)
+        assert float(step @ g) < 0  # still a descent step
+
+
+def test_the_kfac_solver_refuses_a_metric_it_cannot_factorise_in_one_line():
+    with pytest.raises(WeightgeoError, match="--solver kfac factorises the output or fisher metric"):
+        config(metric="tests.test_metrics:UserMetric")
+    with pytest.raises(WeightgeoError, match="metric"):
+        config(metric="no-such-metric", solver="cg")
+    assert config(metric="diag-fisher").metric == "diag-fisher"

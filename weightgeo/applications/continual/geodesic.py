@@ -33,10 +33,12 @@ from torch import Tensor
 
 from weightgeo.applications.continual.learner import Learned, Learner
 from weightgeo.data.streams import RandomSubsets
+from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, mask_logits
 from weightgeo.manifolds import WeightSpace
 from weightgeo.metrics import KroneckerMetric, LowRankMetric, Metric, build_metric
 from weightgeo.metrics.diagonal_fisher import DiagonalOperator
+from weightgeo.metrics.kfac import KINDS as KFAC_KINDS
 from weightgeo.metrics.resampled import ResampledMetric
 from weightgeo.metrics.scaled import ScaledMetric
 from weightgeo.objectives import TaskLoss
@@ -71,6 +73,10 @@ class Solver:
     traces: ClassVar[bool] = False
     hint: ClassVar[str] = "lower --lr"
 
+    def check_metric(self, name: str) -> None:
+        """Refuse a ``--metric`` this solver cannot use (one line); any metric by default, since the
+        solver reaches it only through ``build_metric`` and its products."""
+
     def factorise(self, learner: Geodesic, theta: Tensor, generator: torch.Generator) -> tuple[Metric, int]:
         """The frozen G_old at θ and its cost (frozen solvers)."""
         raise NotImplementedError
@@ -83,6 +89,12 @@ class KroneckerSolver(Solver):
     """K-FAC factors of G_old at the task's start, exact damped solves."""
 
     frozen = True
+
+    def check_metric(self, name: str) -> None:
+        if name not in (*KFAC_KINDS, "diag-fisher"):
+            raise WeightgeoError(f"--solver kfac factorises the {' or '.join(KFAC_KINDS)} metric (or takes "
+                                 f"diag-fisher's exact diagonal), not {name!r}: use --solver cg, nystrom or "
+                                 "traverse for another metric")
 
     def factorise(self, learner, theta, generator):
         metric = KroneckerMetric.build(learner.fmodel, theta, learner.memory.inputs(), learner.settings.metric,

@@ -25,6 +25,7 @@ from weightgeo.data.tasks import (
     sequences_help,
 )
 from weightgeo.errors import WeightgeoError
+from weightgeo.metrics.registry import METRIC_HELP, metric_builder
 from weightgeo.models import MODEL_NAMES
 from weightgeo.settings import Settings, setting
 
@@ -45,8 +46,8 @@ class ContinualSettings(Settings):
     scenario: Literal["task", "domain", "class"] | None = setting(
         None, f"Scenario (default: {defaults_help('scenario')}).")
     method: tuple[str, ...] = setting(ALL_METHODS, "Comma-separated methods.", choices=METHODS)
-    metric: Literal["output", "fisher", "diag-fisher"] = setting(
-        "output", "The geodesic method's metric of the earlier tasks.")
+    metric: str = setting("output", "The geodesic method's metric of the earlier tasks. " + METRIC_HELP
+                          + " The kfac solver takes output, fisher or diag-fisher.", check=metric_builder)
     solver: str = setting("kfac", "How the geodesic step solves (G + μI)^-1 ∇L (see README).", choices=SOLVERS)
     damping: float | None = setting(None, "μ of the geodesic method (default 0.1; tuned with --tune).", above=0)
     anchor: float | None = setting(
@@ -100,6 +101,7 @@ class ContinualSettings(Settings):
             if name not in tunable:
                 raise WeightgeoError(f"--strength {name}=…: {name!r} has no strength; the methods with one: "
                                      f"{', '.join(tunable)}")
+        SOLVERS[self.solver].check_metric(self.metric)
         if self.solver == "nystrom" and not self.rank < self.budget:
             raise WeightgeoError(f"--rank must be below --budget ({self.budget}) for the Nyström solver, got "
                                  f"{self.rank}")
