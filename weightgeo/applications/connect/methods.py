@@ -12,6 +12,10 @@
   with momentum 0.9, weight decay on w(t), the ``garipov`` schedule (constant for half the run,
   then linearly down to 1%), all in the library's loop :func:`~weightgeo.optim.fit`.
 - ``rebasin``: weight matching (MLPs only), then the straight line to the permuted θ_b.
+- ``aligned-relax`` / ``aligned-traverse``: weight matching first (as ``rebasin``), then relax /
+  traverse from θ_a to the permuted θ_b π(θ_b) — the same function as θ_b, at a smaller distance
+  from θ_a. The alignment uses the weights only: it costs no gradient evaluation, so these
+  methods spend the same budget as relax / traverse. Their paths end at π(θ_b), not at θ_b.
 
 Methods that train share one budget of gradient evaluations each (a minibatch gradient of the
 network = 1, a metric-vector product = 1). A method that stops on a non-finite value keeps its
@@ -21,7 +25,7 @@ last finite curve; :attr:`Method.hint` names the option to change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -52,15 +56,23 @@ def method_linear(task: ConnectTask) -> MethodResult:
     return MethodResult("linear", Polyline([task.theta_a, task.theta_b]), 0)
 
 
-def method_rebasin(task: ConnectTask) -> MethodResult:
-    """Weight matching of θ_b's hidden units onto θ_a's (MLPs), then the straight line."""
+def aligned(task: ConnectTask) -> tuple[ConnectTask, dict]:
+    """The task with θ_b replaced by π(θ_b), its hidden units permuted onto θ_a's by weight
+    matching (same function as θ_b; no gradient evaluation), and what the alignment did."""
     permuted, perms = weight_matching(task.model, task.theta_a, task.theta_b, seed=task.settings.seed)
     moved = sum(int((p != torch.arange(len(p), device=p.device)).sum()) for p in perms)  # reporting
-    return MethodResult("rebasin", Polyline([task.theta_a, permuted]), 0, info={
-        "units_permuted": moved, "distance_after": float((permuted - task.theta_a).norm())})
+    info = {"units_permuted": moved, "distance_before": float((task.theta_b - task.theta_a).norm()),
+            "distance_after": float((permuted - task.theta_a).norm())}  # reporting
+    return replace(task, theta_b=permuted), info
 
 
-def method_relax(task: ConnectTask) -> MethodResult:
+def method_rebasin(task: ConnectTask) -> MethodResult:
+    """Weight matching of θ_b's hidden units onto θ_a's (MLPs), then the straight line."""
+    target, info = aligned(task)
+    return MethodResult("rebasin", Polyline([target.theta_a, target.theta_b]), 0, info=info)
+
+
+def method_relax(task: ConnectTask, name: str = "relax") -> MethodResult:
     """A discrete geodesic: the nodes minimise the path energy plus the task loss at the nodes."""
     s = task.settings
     labelled = s.task_weight > 0
@@ -69,12 +81,28 @@ def method_relax(task: ConnectTask) -> MethodResult:
         task.space(), task.theta_a, task.theta_b, nodes=s.nodes, task=minibatches if labelled else None,
         inputs=None if labelled else minibatches, task_weight=s.task_weight,
         steps=max(0, s.budget // (s.nodes + 1)), lr=s.relax_lr, budget=s.budget,
-        directory=task.directory("relax"), checkpoint_every=s.checkpoint_every, resume=True,
+        directory=task.directory(name), checkpoint_every=s.checkpoint_every, resume=True,
         progress=task.progress,
     )
     vertices = [w for _, w in path.waypoints()]
-    return MethodResult("relax", Polyline(vertices), path.grad_evals, path.stop, path=path,
+    return MethodResult(name, Polyline(vertices), path.grad_evals, path.stop, path=path,
                         info={"nodes": s.nodes})
+
+
+def method_aligned_relax(task: ConnectTask) -> MethodResult:
+    """relax from θ_a to the weight-matched π(θ_b) (same function as θ_b; alignment is free)."""
+    target, info = aligned(task)
+    result = method_relax(target, "aligned-relax")
+    result.info.update(info, end="permuted theta_b")
+    return result
+
+
+def method_aligned_traverse(task: ConnectTask) -> MethodResult:
+    """traverse from θ_a to the weight-matched π(θ_b) (same function as θ_b; alignment is free)."""
+    target, info = aligned(task)
+    result = method_traverse(target, "aligned-traverse")
+    result.info.update(info, end="permuted theta_b")
+    return result
 
 
 def curve_method(kind: str) -> Callable[[ConnectTask], MethodResult]:
@@ -109,9 +137,21 @@ METHODS.register("bezier", Method(curve_method("bezier"), True, "lower --curve-l
                  help="Garipov's quadratic Bezier curve")
 METHODS.register("polychain", Method(curve_method("polychain"), True, "lower --curve-lr"),
                  help="Garipov's polygonal chain")
-METHODS.register("rebasin", Method(method_rebasin, check=lambda task: mlp_layers(task.model, task.name)), help="weight matching, then the straight line (MLPs)")
+def _mlp_only(task: ConnectTask) -> object:
+    """Refuse, in one line, a network weight matching cannot align (anything but an MLP)."""
+    return mlp_layers(task.model, task.name)
 
-DEFAULT_METHODS: tuple[str, ...] = tuple(METHODS)
+
+METHODS.register("rebasin", Method(method_rebasin, check=_mlp_only),
+                 help="weight matching, then the straight line (MLPs)")
+
+METHODS.register("aligned-relax", Method(method_aligned_relax, True, "lower --relax-lr", _mlp_only),
+                 help="weight matching, then relax to the permuted θ_b (MLPs; ends at π(θ_b))")
+METHODS.register("aligned-traverse", Method(method_aligned_traverse, True, "lower --step-size", _mlp_only),
+                 help="weight matching, then traverse to the permuted θ_b (MLPs; ends at π(θ_b))")
+
+DEFAULT_METHODS: tuple[str, ...] = ("linear", "traverse", "relax", "bezier", "polychain", "rebasin")
+"""The methods of a run without --method (the aligned methods are asked for by name)."""
 
 
 def run_method(name: str, task: ConnectTask) -> MethodResult:

@@ -43,6 +43,9 @@ class ConnectSettings(Settings):
                                  "by the straight line's (0: energy only).", min=0)
     traverse_weight: float = setting(100.0, "traverse: weight of the task loss beside ½||θ − θ_b||² (0: the "
                                      "target alone).", min=0)
+    traverse_fade: bool = setting(True, "traverse: fade the task loss's weight with the remaining distance, w · "
+                                  "||θ − θ_b|| / ||θ_b − θ_a||, so the walk's objective is least at θ_b "
+                                  "(--no-traverse-fade: a constant weight, least short of θ_b).")
     train_eval: bool = setting(True, "Also evaluate the training loss and accuracy at every point.")
     relax_lr: float = setting(1e-3, "Adam learning rate of relax.", above=0)
     curve_lr: float = setting(0.05, "SGD learning rate of the Bezier and polygonal-chain bends (Garipov: 0.015 "
