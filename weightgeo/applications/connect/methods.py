@@ -2,8 +2,8 @@
 
 - ``linear``: the straight line.
 - ``traverse``: the paper's approach (:mod:`.traverse`): a damped natural-gradient walk from θ_a
-  under the task metric toward θ_b, plus ``traverse_weight`` × the task loss, ended by a
-  recorded straight segment.
+  under the task metric toward θ_b, plus ``traverse_weight`` × the task loss (faded with the
+  remaining distance unless ``traverse_fade`` is off), ended by a recorded straight segment.
 - ``relax``: the boundary-value solver (:func:`weightgeo.paths.relax`) from the straight line,
   with the metric's path energy on training inputs (divided by the straight line's) plus
   ``task_weight`` × the task loss at the nodes.
