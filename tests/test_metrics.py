@@ -344,3 +344,25 @@ def test_the_metric_option_takes_names_and_import_paths():
         metric_name(None, None, "nope")
     with pytest.raises(click.BadParameter, match="cannot import"):
         metric_name(None, None, "tests.nowhere:X")
+
+
+def test_a_constant_metric_of_a_users_matrix_is_flat_with_closed_form_distance_and_exponential():
+    from weightgeo.metrics import ConstantMetric
+
+    torch.manual_seed(3)
+    a = torch.randn(5, 5, dtype=torch.float64)
+    G = a @ a.T + 0.1 * torch.eye(5, dtype=torch.float64)
+
+    class Fixed(ConstantMetric):
+        product_cost = 0
+
+        def mvp(self, theta, v):
+            return G @ v
+
+    x, y, u = (torch.randn(5, dtype=torch.float64) for _ in range(3))
+    metric = Fixed()
+    assert torch.allclose(metric.distance(x, y), torch.sqrt((y - x) @ G @ (y - x)), atol=1e-12)
+    assert torch.equal(metric.exponential(x, u), x + u)
+    assert metric.energy_cost(7) == 0
+    points = torch.stack([x, 0.5 * (x + y), y])  # the straight line's two halves: each d²/4
+    assert torch.allclose(metric.segment_energies(points), metric.distance(x, y) ** 2 / 4 * torch.ones(2, dtype=torch.float64))

@@ -1,6 +1,12 @@
 """Riemannian metrics on weight space: subclass :class:`Metric` and write ``mvp``."""
 
-from weightgeo.metrics.base import Metric, MetricOperator, Solution, conjugate_gradient
+from weightgeo.metrics.base import (
+    ConstantMetric,
+    Metric,
+    MetricOperator,
+    Solution,
+    conjugate_gradient,
+)
 from weightgeo.metrics.diagonal_fisher import DiagonalFisher
 from weightgeo.metrics.euclidean import Euclidean
 from weightgeo.metrics.fisher import FisherMetric
@@ -26,6 +32,7 @@ __all__ = [
     "KFACMetric",
     "KroneckerMetric",
     "LowRankMetric",
+    "ConstantMetric",
     "Metric",
     "MetricOperator",
     "NystromMetric",

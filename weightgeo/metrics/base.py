@@ -278,3 +278,18 @@ class Metric(ABC):
     def __repr__(self) -> str:
         batch = "" if self.inputs is None else f"(batch={len(self.inputs)})"
         return f"{type(self).__name__}{batch}"
+
+
+class ConstantMetric(Metric):
+    """A metric that does not depend on θ (a frozen factorisation, a fixed matrix): the space is
+    flat, its geodesics are straight lines, d(x, y) = √((y − x)ᵀ G (y − x)) and exp_x(u) = x + u,
+    and its energies never run the network (cost 0)."""
+
+    def distance(self, x: Tensor, y: Tensor) -> Tensor:
+        return torch.sqrt(((y - x) @ self.mvp(x, y - x)).clamp_min(0))
+
+    def exponential(self, x: Tensor, u: Tensor) -> Tensor:
+        return x + u
+
+    def energy_cost(self, segments: int) -> int:
+        return 0

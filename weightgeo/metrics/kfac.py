@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
-from weightgeo.metrics.base import Metric, MetricOperator, Solution
+from weightgeo.metrics.base import ConstantMetric, Metric, MetricOperator, Solution
 from weightgeo.metrics.derivatives import differentiated
 
 KINDS = ("output", "fisher")
@@ -393,7 +393,7 @@ class KFACMetric(Metric):
         return KroneckerMetric(blocks, products=self.product_cost, uncovered=self.uncovered)
 
 
-class KroneckerMetric(Metric):
+class KroneckerMetric(ConstantMetric):
     """The K-FAC metric frozen at one θ: constant, so its geodesics are straight lines.
 
     Build it with :meth:`build` (or :meth:`KFACMetric.frozen_at`); ``products`` is what
@@ -419,15 +419,6 @@ class KroneckerMetric(Metric):
 
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
         return kronecker_product(self.blocks, v)
-
-    def distance(self, x: Tensor, y: Tensor) -> Tensor:
-        return torch.sqrt(((y - x) @ self.mvp(x, y - x)).clamp_min(0))
-
-    def exponential(self, x: Tensor, u: Tensor) -> Tensor:
-        return x + u
-
-    def energy_cost(self, segments: int) -> int:
-        return 0
 
     @classmethod
     def build(cls, fmodel: FunctionalModel, theta: Tensor, inputs: Tensor, kind: str = "output",

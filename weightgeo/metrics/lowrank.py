@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from weightgeo.errors import WeightgeoError
-from weightgeo.metrics.base import Metric, MetricOperator, Solution
+from weightgeo.metrics.base import ConstantMetric, Metric, MetricOperator, Solution
 
 
 class LowRankOperator(MetricOperator):
@@ -54,7 +54,7 @@ class LowRankOperator(MetricOperator):
         return None, v @ (self @ v), 0
 
 
-class LowRankMetric(Metric):
+class LowRankMetric(ConstantMetric):
     """G = U diag(λ) Uᵀ with orthonormal columns U (n×r) and λ ≥ 0 (independent of θ).
 
     Build one from any metric with :meth:`nystrom`.
@@ -78,15 +78,6 @@ class LowRankMetric(Metric):
 
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
         return self.at(theta) @ v
-
-    def distance(self, x: Tensor, y: Tensor) -> Tensor:
-        return torch.sqrt(((y - x) @ self.mvp(x, y - x)).clamp_min(0))
-
-    def exponential(self, x: Tensor, u: Tensor) -> Tensor:
-        return x + u
-
-    def energy_cost(self, segments: int) -> int:
-        return 0
 
     @classmethod
     def nystrom(

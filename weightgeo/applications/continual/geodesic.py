@@ -36,7 +36,7 @@ from weightgeo.data.streams import RandomSubsets
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, mask_logits
 from weightgeo.manifolds import WeightSpace
-from weightgeo.metrics import KroneckerMetric, LowRankMetric, Metric, build_metric
+from weightgeo.metrics import ConstantMetric, KroneckerMetric, LowRankMetric, Metric, build_metric
 from weightgeo.metrics.diagonal_fisher import DiagonalOperator
 from weightgeo.metrics.kfac import KINDS as KFAC_KINDS
 from weightgeo.metrics.resampled import ResampledMetric
@@ -47,7 +47,7 @@ from weightgeo.paths import output_distance, traverse
 from weightgeo.registry import Registry
 
 
-class FrozenDiagonal(Metric):
+class FrozenDiagonal(ConstantMetric):
     """diag(d) frozen at one θ (the diag-fisher metric of the kfac and nystrom solvers)."""
 
     def __init__(self, diag: Tensor) -> None:
