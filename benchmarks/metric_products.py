@@ -1,25 +1,36 @@
 """Benchmark: cost of metric-vector products relative to one forward+backward pass.
 
-On the default MLP (784-300-100-10, 266,610 parameters) with a batch of 256 mnist5k digits:
-- warm: a product from ``metric.at(θ)`` (the operator CG uses), with the linearisation
-  amortised over 10 products (one CG solve) and without it;
-- cold: ``metric.mvp(θ, v)`` from scratch;
-- curvlinops' ``GGNLinearOperator`` (cross-entropy, the same GGN as our FisherMetric) on the
-  same model and batch, if installed (``make bench`` installs it; never a dependency).
-Times are medians over repeats; ratios are to the median forward+backward of the mean
-cross-entropy on the same batch. Writes benchmarks/results/metric_products.json and prints
-a markdown table.
+Models from weightgeo's registry: ``mlp`` (784-300-100-10, 266,610 parameters) on mnist5k digits,
+``vgg11``, ``vgg16`` and ``resnet18`` on CIFAR-shaped random images (3×32×32, 10 classes). For the
+output and Fisher metrics it times:
 
-    python benchmarks/metric_products.py [--repeats 30] [--threads 2]
+- warm: a product from ``metric.at(θ)`` (the operator CG uses), the linearisation excluded;
+- per product of a 10-product CG solve, the linearisation included;
+- cold: ``metric.mvp(θ, v)`` from scratch;
+- curvlinops' ``GGNLinearOperator`` (cross-entropy, the same GGN as our FisherMetric) on the same
+  model and batch, if installed (``make bench`` installs it; never a library dependency).
+
+Two baselines, both the mean cross-entropy on the same batch: (a) forward+backward through the
+flat θ (``functional_call``, eval mode, as the metrics run the network) and (b) the plain module's
+``loss = cross_entropy(model(x), y); loss.backward()`` in train mode, the cost of a user's training
+step; every ratio is given to both. The measurements are interleaved (each round times every one
+once, after a warm-up round), so a change of load hits them alike; medians over rounds. Prints
+the machine, its load average before and after, the threads and a markdown table, and writes
+benchmarks/results/metric_products[_<model>_<device>].json.
+
+    python benchmarks/metric_products.py [--model mlp] [--device cpu] [--batch 256] [--repeats 40]
+        [--threads 2] [--clock wall|cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -27,112 +38,181 @@ import torch
 from torch import nn
 
 from weightgeo import FisherMetric, FunctionalModel, OutputMetric
-from weightgeo.data import load_dataset
 from weightgeo.models import build_model
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 CLOCK = "wall"
+MODELS = ("mlp", "vgg11", "vgg16", "resnet18")
 
 
-def median_time(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` on the chosen clock (process CPU time resists other load)."""
+def interleaved_medians(measurements: dict[str, Callable[[], object]], repeats: int,
+                        synchronise: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median seconds of each callable on the chosen clock, timed in turn round after round (after
+    one warm-up round); ``synchronise`` waits for the device before each clock reading."""
     clock = CLOCKS[CLOCK]
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return statistics.median(times)
+    samples: dict[str, list[float]] = {key: [] for key in measurements}
+    for round_ in range(repeats + 1):
+        for key, fn in measurements.items():
+            synchronise()
+            start = clock()
+            fn()
+            synchronise()
+            if round_:
+                samples[key].append(clock() - start)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``fn()`` alone (after one warm-up call)."""
+    return interleaved_medians({"fn": fn}, repeats)["fn"]
+
+
+def batch_for(model_name: str, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """mnist5k digits for the MLP, CIFAR-shaped random images and labels for the CNNs."""
+    if model_name == "mlp":
+        from weightgeo.data import load_dataset
+
+        data = load_dataset("mnist5k", "train")
+        x, y = data.x[:batch], data.y[:batch]
+    else:
+        x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    return x.to(device), y.to(device)
+
+
+def machine(device: torch.device) -> str:
+    """The processor (and GPU) in words."""
+    cpu = platform.processor() or platform.machine()
+    cores = os.cpu_count()
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({cpu}, {cores} CPU cores)"
+    return f"{cpu}, {cores} cores"
+
+
+def curvlinops_peer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor):
+    """curvlinops' GGN product ``ggn @ v`` and its name, or None when it is not installed."""
+    try:
+        from importlib.metadata import version
+
+        from curvlinops import GGNLinearOperator
+    except ImportError:
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    ggn = GGNLinearOperator(model, nn.CrossEntropyLoss(), params, [(x, y)], check_deterministic=False)
+    name = f"curvlinops {version('curvlinops-for-pytorch')} GGNLinearOperator (cross-entropy)"
+    return name, (lambda: ggn @ v)
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = build_model(args.model).to(device)
+    x, y = batch_for(args.model, args.batch, device)
+    fmodel = FunctionalModel(model)
+    theta = fmodel.theta()
+    v = torch.randn_like(theta)
+    trained = model.train()  # the user's module: a training step (batch statistics, dropout)
+    evaluated = fmodel.to_module(theta)  # eval mode, as the metrics run it (curvlinops' copy)
+
+    def flat_forward_backward():
+        t = theta.detach().requires_grad_(True)
+        nn.functional.cross_entropy(fmodel(t, x), y).backward()
+
+    def module_forward_backward():
+        trained.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(trained(x), y).backward()
+
+    measurements: dict[str, Callable[[], object]] = {
+        "fb_flat": flat_forward_backward, "fb_module": module_forward_backward}
+    metrics = {"output": OutputMetric(fmodel, x), "fisher": FisherMetric(fmodel, x)}
+    for name, metric in metrics.items():
+        operator = metric.at(theta)
+
+        def solve_like(metric=metric):  # one linearisation and 10 products, as in a CG solve
+            op = metric.at(theta)
+            for _ in range(10):
+                op @ v
+
+        measurements[f"{name}_warm"] = lambda operator=operator: operator @ v
+        measurements[f"{name}_cg10"] = solve_like
+        measurements[f"{name}_cold"] = lambda metric=metric: metric.mvp(theta, v)
+
+    peer = curvlinops_peer(evaluated, x, y, v)
+    agreement = None
+    if peer is not None:
+        measurements["curvlinops"] = peer[1]
+        ours, theirs = metrics["fisher"].mvp(theta, v), peer[1]()
+        agreement = float(torch.linalg.vector_norm(ours - theirs) / torch.linalg.vector_norm(theirs))
+
+    synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = interleaved_medians(measurements, args.repeats, synchronise)
+    for name in metrics:
+        times[f"{name}_cg10"] /= 10  # per product
+    return {"parameters": theta.numel(), "ms": {k: 1e3 * t for k, t in times.items()},
+            "over_flat": {k: t / times["fb_flat"] for k, t in times.items()},
+            "over_module": {k: t / times["fb_module"] for k, t in times.items()},
+            "peer": None if peer is None else peer[0], "peer_relative_difference": agreement}
+
+
+def report(record: dict) -> None:
+    r = record["result"]
+    ms, flat, module = r["ms"], r["over_flat"], r["over_module"]
+    print(f"{record['model']} ({r['parameters']:,} parameters), batch {record['batch']}, "
+          f"{record['device']} on {record['machine']}, {record['threads']} threads, torch "
+          f"{record['torch']}, {record['clock']} clock, medians of {record['repeats']} interleaved rounds; "
+          f"load average {record['load_before'][0]:.2f} before, {record['load_after'][0]:.2f} after")
+    print(f"forward+backward: plain module {ms['fb_module']:.2f} ms (train mode), "
+          f"flat θ {ms['fb_flat']:.2f} ms (eval mode)")
+    rows = [("output", "OutputMetric"), ("fisher", "FisherMetric")]
+    print("| product | ms | / module fb | / flat-θ fb |")
+    print("|---|---|---|---|")
+    for key, label in rows:
+        for kind, words in (("warm", "warm, `at(θ) @ v`"), ("cg10", "per product of 10, linearisation incl."),
+                            ("cold", "cold, `mvp(θ, v)`")):
+            k = f"{key}_{kind}"
+            print(f"| {label} {words} | {ms[k]:.2f} | {module[k]:.2f} | {flat[k]:.2f} |")
+    if r["peer"]:
+        print(f"| {r['peer']} | {ms['curvlinops']:.2f} | {module['curvlinops']:.2f} | "
+              f"{flat['curvlinops']:.2f} |")
+        print(f"cold Fisher / curvlinops: {ms['fisher_cold'] / ms['curvlinops']:.2f}; cold output / "
+              f"curvlinops: {ms['output_cold'] / ms['curvlinops']:.2f} (products agree to "
+              f"{r['peer_relative_difference']:.1e})")
+    else:
+        print("curvlinops not installed: skipped (`make bench` installs it)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", choices=MODELS, default="mlp")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
-                        help="wall time, or process CPU time (steadier when other jobs share the cores)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "metric_products.json"))
+                        help="wall time, or process CPU time (steadier when other jobs share the cores; CPU only)")
+    parser.add_argument("--out", default=None, help="the JSON record (default: benchmarks/results/...)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    if args.device == "cuda" and args.clock == "cpu":
+        parser.error("--clock cpu measures this process's CPU time, not the GPU's: use wall on cuda")
     global CLOCK
     CLOCK = args.clock
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    data = load_dataset("mnist5k", "train")
-    x, y = data.x[: args.batch], data.y[: args.batch]
-    model = build_model("mlp")
-    fmodel = FunctionalModel(model)
-    theta = fmodel.theta()
-    v = torch.randn_like(theta)
-    n = theta.numel()
-
-    def forward_backward():
-        t = theta.detach().requires_grad_(True)
-        nn.functional.cross_entropy(fmodel(t, x), y).backward()
-
-    t_fb = median_time(forward_backward, args.repeats)
-    rows = []
-    for name, metric in (("output", OutputMetric(model, x)), ("fisher", FisherMetric(model, x))):
-        op = metric.at(theta)
-        t_warm = median_time(lambda op=op: op @ v, args.repeats)
-
-        def solve_like(metric=metric):  # one linearisation + 10 products, as in a CG solve
-            operator = metric.at(theta)
-            for _ in range(10):
-                operator @ v
-
-        t_cg10 = median_time(solve_like, max(5, args.repeats // 3)) / 10
-        t_cold = median_time(lambda metric=metric: metric.mvp(theta, v), args.repeats)
-        rows.append({
-            "metric": name, "warm_ratio": t_warm / t_fb, "amortised_ratio_10": t_cg10 / t_fb,
-            "cold_ratio": t_cold / t_fb, "warm_ms": 1e3 * t_warm, "cold_ms": 1e3 * t_cold,
-        })
-
-    peer = None
-    try:
-        from curvlinops import GGNLinearOperator
-
-        params = [p for p in model.parameters() if p.requires_grad]
-        ggn = GGNLinearOperator(model, nn.CrossEntropyLoss(), params, [(x, y)], check_deterministic=False)
-        ours = FisherMetric(model, x).mvp(theta, v)
-        theirs = ggn @ v
-        agreement = float(torch.linalg.vector_norm(ours - theirs) / torch.linalg.vector_norm(theirs))
-        t_peer = median_time(lambda: ggn @ v, args.repeats)
-        cold_fisher = next(r for r in rows if r["metric"] == "fisher")["cold_ms"] / 1e3
-        from importlib.metadata import version
-
-        peer = {
-            "name": f"curvlinops {version('curvlinops-for-pytorch')} GGNLinearOperator (cross-entropy)",
-            "ratio": t_peer / t_fb, "ms": 1e3 * t_peer, "relative_difference_to_fisher": agreement,
-            "our_cold_over_peer": cold_fisher / t_peer,
-        }
-    except ImportError:
-        pass
-
-    result = {
-        "date": date.today().isoformat(), "torch": torch.__version__, "threads": args.threads,
-        "python": platform.python_version(), "clock": args.clock, "cpu": platform.processor() or platform.machine(),
-        "model": "mlp 784-300-100-10", "parameters": n, "batch": args.batch,
-        "forward_backward_ms": 1e3 * t_fb, "metrics": rows, "peer": peer,
-    }
-    out = Path(args.out)
+    device = torch.device(args.device)
+    load_before = os.getloadavg()
+    result = measure(args, device)
+    record = {"date": date.today().isoformat(), "model": args.model, "batch": args.batch,
+              "device": args.device, "machine": machine(device), "threads": args.threads,
+              "torch": torch.__version__, "python": platform.python_version(), "clock": args.clock,
+              "repeats": args.repeats, "load_before": load_before, "load_after": os.getloadavg(),
+              "result": result}
+    results = Path(__file__).parent / "results"
+    default = (results / "metric_products.json" if (args.model, args.device) == ("mlp", "cpu")
+               else results / f"metric_products_{args.model}_{args.device}.json")
+    out = Path(args.out) if args.out else default
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-
-    print(f"forward+backward: {1e3 * t_fb:.2f} ms {args.clock} time (batch {args.batch}, "
-          f"{n:,} parameters, {args.threads} threads)")
-    print("| metric | warm product / fb | with linearisation, per product of 10 / fb | cold mvp / fb |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['metric']} | {r['warm_ratio']:.2f} | {r['amortised_ratio_10']:.2f} | {r['cold_ratio']:.2f} |")
-    if peer:
-        print(f"| {peer['name']} | | | {peer['ratio']:.2f} |")
-        print(f"our cold Fisher product / curvlinops product: {peer['our_cold_over_peer']:.2f} "
-              f"(products agree to {peer['relative_difference_to_fisher']:.1e})")
-    else:
-        print("curvlinops not installed: run `make bench` to compare with it")
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    report(record)
 
 
 if __name__ == "__main__":
