@@ -30,6 +30,7 @@ from weightgeo.applications.sparsify.obs import (
     greedy_removals,
     observe_layers,
     reconstruct,
+    refit_in_sequence,
     saliency_removals,
 )
 from weightgeo.data import Data
@@ -213,6 +214,55 @@ def test_obs_uses_obs_batch_inputs() -> None:
     every = _task().layerwise_obs.layers[0].hessian
     by_hand = LayerwiseOBS(_net(), _net().theta(), _inputs()[:10], _net().weight_mask()).layers[0].hessian
     assert torch.allclose(few, by_hand) and not torch.allclose(few, every)
+
+
+# -- the layer-wise geodesic step: OBC's mask, every layer refit in sequence -----------------------------
+def _hidden(theta: torch.Tensor, fm: FunctionalModel, x: torch.Tensor) -> torch.Tensor:
+    """The toy net's second layer's inputs [tanh(W₁x + b₁), 1], by hand."""
+    sl = fm.slices()
+    z = x.flatten(1) @ theta[sl["1.weight"]].view(5, 4).T + theta[sl["1.bias"]]
+    return torch.cat([torch.tanh(z), torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+
+
+def test_refit_is_each_layers_damped_least_squares_fit_to_the_dense_outputs_on_its_new_inputs() -> None:
+    task = _task()
+    pruner, fm, x = task.layerwise_obs, task.fmodel, task.inputs
+    pruned, keep = pruner.prune(task.magnitude_mask(task.theta, 0.6))
+    refit = pruner.refit(pruned, keep)
+    assert torch.equal(refit, refit * keep) and bool((refit[~keep] == 0).all())
+    first, second = pruner.layers
+    # the first layer sees the dense inputs: its refit is OBS's reconstruction
+    assert torch.allclose(first.matrix(refit), first.matrix(pruned), rtol=0, atol=1e-10)
+    # the second: min mean (w'·ā' − w·ā)² + λ||w' − w||² over the kept coordinates, by a dense lstsq
+    now, dense = _hidden(refit, fm, x), _hidden(task.theta, fm, x)
+    lam = 0.01 * float((now.T @ now / len(x)).diagonal().mean())
+    w, got = second.matrix(task.theta), second.matrix(refit)
+    kept = torch.cat([keep[second.weight].view(second.rows, second.columns),
+                      torch.ones(second.rows, 1, dtype=torch.bool)], dim=1)
+    for r in range(second.rows):
+        k = kept[r].nonzero().squeeze(1)
+        a = torch.cat([now[:, k] / len(x) ** 0.5, lam ** 0.5 * torch.eye(len(k), dtype=torch.float64)])
+        b = torch.cat([dense @ w[r] / len(x) ** 0.5, lam ** 0.5 * w[r, k]])
+        expected = torch.zeros_like(w[r])
+        expected[k] = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+        assert torch.allclose(got[r], expected, rtol=0, atol=1e-10)
+    # the refit reads the pruned first layer's outputs, not the dense ones (OBS's rows differ)
+    assert not torch.allclose(second.matrix(refit), second.matrix(pruned), atol=1e-6)
+    direct = refit_in_sequence(fm, task.theta, pruned, keep, pruner.layers, x, dampening=0.01, batch_size=7)
+    assert torch.allclose(direct, refit, rtol=0, atol=1e-10)  # batched sums, same fit
+
+
+def test_layerwise_geodesic_is_obcs_mask_refit_then_its_whole_budget_distilled() -> None:
+    task = _task(step="layerwise")
+    pruned, keep = task.layerwise_obs.prune(task.magnitude_mask(task.theta, 0.6))
+    refit = task.layerwise_obs.refit(pruned, keep)
+    (zero,) = METHODS["geodesic"](task, [0.6], 0)
+    assert zero.grad_evals == 0 and torch.equal(zero.keep, keep)
+    assert torch.allclose(zero.theta, refit, rtol=0, atol=1e-12)
+    (spent,) = METHODS["geodesic"](task, [0.6], 12)
+    reference = masked_distill(task.fmodel, refit, keep, task.distillation, 12, lr=task.settings.lr_distill,
+                               batch_size=8, seed=0)
+    assert spent.grad_evals == 12 and torch.allclose(spent.theta, reference.theta, rtol=0, atol=1e-12)
 
 
 # -- imp with rewinding ------------------------------------------------------------------------------

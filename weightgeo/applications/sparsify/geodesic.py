@@ -9,7 +9,15 @@ re-estimated on a fresh unlabelled batch:
 - ``step="natural-gradient"``: the papers' step, ``traverse`` with the
   :class:`~weightgeo.objectives.Sparsity` objective (fixed mask, damped natural gradient,
   ``step_size``) on the previous stage's masked space, for ``path_share`` of the budget spread
-  over the stages, then θ is put exactly on the hyperplane.
+  over the stages, then θ is put exactly on the hyperplane;
+- ``step="layerwise"``: the step under the layer-wise output distance Σ_l mean ||W'_l ā'_l − W_l ā_l||²
+  to the dense network, taken at each requested level only (it depends on nothing but the mask):
+  the mask is OBC's (:mod:`.obs`: each layer's cheapest greedy removals under H_l = mean ā ā ᵀ, the
+  layer-wise metric, as many per layer as magnitude pruning takes there) instead of magnitude's,
+  and each layer in turn is refit to the dense layer's outputs on the inputs the pruned layers
+  before it now give it (:func:`~weightgeo.applications.sparsify.obs.refit_in_sequence`; for the
+  first layer this is the exact projection under A₁ ⊗ I). Forward passes only: no gradient
+  evaluation, the whole budget distils. Each level starts again from the dense network's rows.
 
 At each requested level the rest of its budget share goes to distillation toward the dense
 network's outputs inside the mask (no labels), and the level is read off: its ``grad_evals`` is
@@ -105,15 +113,19 @@ class GeodesicWalk:
         s, path = self.task.settings, self.path
         self.planned += per_stage
         previous = self.keep
-        self.keep = self.task.magnitude_mask(self.theta, level) & previous  # re-ranked inside the current subspace
         self.level = level
-        if s.metric != "euclidean":
-            self.space = self.space.with_inputs(next(self.batches))
-        if s.step == "projection":
+        if s.step == "layerwise":
             path.begin_stage(f"sparsity {level:g}")
-            self.project(level, per_stage)
+            self.layerwise(level, previous)
         else:
-            self.natural_gradient(level, previous)
+            self.keep = self.task.magnitude_mask(self.theta, level) & previous  # re-ranked inside the subspace
+            if s.metric != "euclidean":
+                self.space = self.space.with_inputs(next(self.batches))
+            if s.step == "projection":
+                path.begin_stage(f"sparsity {level:g}")
+                self.project(level, per_stage)
+            else:
+                self.natural_gradient(level, previous)
         if self.evaluate is not None and requested:
             path.update_last(**self.evaluate(self.theta, level))  # before the distillation
         if distill_share is not None and self.stop is None:
@@ -141,6 +153,15 @@ class GeodesicWalk:
             self.theta = before * self.keep
         self.path.append(self.theta, metric_length=metric_sq.sqrt(),
                          euclidean_length=torch.linalg.vector_norm(self.theta - before),
+                         grad_evals=self.spent, stage_sparsity=level)
+
+    def layerwise(self, level: float, previous: Tensor) -> None:
+        """OBC's mask for the level and every covered layer refit in sequence (forward passes only)."""
+        obs, before = self.task.layerwise_obs, self.theta
+        pruned, keep = obs.prune(self.task.magnitude_mask(self.task.theta, level))
+        self.keep = keep & previous  # nested already: OBC's masks grow by prefixes
+        self.theta = obs.refit(pruned, self.keep)
+        self.path.append(self.theta, euclidean_length=torch.linalg.vector_norm(self.theta - before),
                          grad_evals=self.spent, stage_sparsity=level)
 
     def natural_gradient(self, level: float, previous: Tensor) -> None:
@@ -215,6 +236,8 @@ def geodesic_path(
     if s.step == "projection":
         per_stage = sparse_projection_cost(space, s.cg_iters)
         schedule = affordable_stages(levels, s.stage_ratio, budget, per_stage)
+    elif s.step == "layerwise":
+        per_stage, schedule = 0, [(level, level) for level in levels]
     else:
         schedule = stage_levels(levels, s.stage_ratio)
         per_stage = int(s.path_share * budget / len(schedule))

@@ -10,6 +10,10 @@ with c coordinates to prune takes its c smallest additions as a prefix of every 
 each pruned row is the exact minimiser of its error with those coordinates at zero,
 w'_K = w_K + H_KK⁻¹ H_KP w_P. A Conv2d layer is a linear layer on its unfolded patches.
 
+:func:`refit_in_sequence` corrects what OBC's independent layers leave: with every mask fixed, each
+layer in forward order is refit to the dense layer's outputs on the inputs the pruned network now
+feeds it (the errors of the layers before it included).
+
 Only forward passes are needed: no gradient evaluation.
 """
 
@@ -222,6 +226,7 @@ class LayerwiseOBS:
     def __init__(self, fmodel: FunctionalModel, theta: Tensor, inputs: Tensor, eligible: Tensor,
                  dampening: float = 0.01, greedy_columns: int = 2048) -> None:
         self.theta = theta.detach()
+        self.fmodel, self.inputs, self.dampening = fmodel, inputs, dampening
         self.greedy_columns = greedy_columns
         self.layers = observe_layers(fmodel, self.theta, inputs, eligible, dampening=dampening)
         self.covered = torch.zeros_like(eligible)
@@ -259,3 +264,81 @@ class LayerwiseOBS:
             keep[layer.weight] = mask.reshape(-1)
             theta = layer.write(theta, rows)
         return theta * keep, keep
+
+    def refit(self, theta: Tensor, keep: Tensor) -> Tensor:
+        """:func:`refit_in_sequence` of θ's covered layers on this pruner's inputs and dampening,
+        toward the dense network it was built on."""
+        return refit_in_sequence(self.fmodel, self.theta, theta, keep, self.layers, self.inputs,
+                                 dampening=self.dampening)
+
+
+def _layer_inputs(fmodel: FunctionalModel, theta: Tensor, module: nn.Module, inputs: Tensor) -> Tensor:
+    """What ``module`` receives when the network at θ reads ``inputs`` (one forward pass)."""
+    got: list[Tensor] = []
+    handle = module.register_forward_hook(lambda _module, args, _output: got.append(args[0]))
+    try:
+        fmodel(theta, inputs)
+    finally:
+        handle.remove()
+    return got[0]
+
+
+@torch.no_grad()
+def refit_in_sequence(
+    fmodel: FunctionalModel,
+    theta0: Tensor,
+    theta: Tensor,
+    keep: Tensor,
+    layers: list[ObservedLayer],
+    inputs: Tensor,
+    *,
+    dampening: float = 0.01,
+    batch_size: int = 1000,
+) -> Tensor:
+    """θ with each of ``layers`` in turn (their order: forward order) refit, row by row, to the
+    dense layer's outputs on the inputs the network now feeds it:
+
+        w'_K = argmin_{w'_P = 0} mean (w'·ā' − w·ā)² + λ||w' − w||²  =  (A'_KK + λI)⁻¹ (C w + λw)_K,
+
+    A' = mean ā'ā'ᵀ, C = mean ā'āᵀ (ā: the layer's inputs at θ₀; ā': at θ with the earlier
+    layers already refit), w the dense row, K its kept coordinates (and the compensating bias),
+    λ = ``dampening`` × mean diag A'. For a layer whose inputs are unchanged (the first) this is
+    OBS's reconstruction. Forward passes only.
+
+    Args:
+        fmodel, theta0: the dense network.
+        theta: the pruned point (coordinates outside ``layers`` are kept as they are).
+        keep: its mask; every refit row is zero where ``keep`` is False.
+        layers: the covered layers (:func:`observe_layers`).
+        inputs: the unlabelled inputs.
+
+    Returns:
+        The refit θ (exactly zero where ``keep`` is False).
+    """
+    modules = dict(fmodel.module.named_modules())
+    unfolding = {name: unfold for name, _, unfold in _covered_modules(fmodel)}
+    theta = theta.detach() * keep
+    for layer in layers:
+        module, bias = modules[layer.name], layer.bias is not None
+        second = cross = 0
+        count = 0
+        for start in range(0, len(inputs), batch_size):
+            x = inputs[start:start + batch_size]
+            dense = _input_rows(_layer_inputs(fmodel, theta0, module, x), unfolding[layer.name], layer.columns, bias)
+            now = _input_rows(_layer_inputs(fmodel, theta, module, x), unfolding[layer.name], layer.columns, bias)
+            second, cross, count = second + now.T @ now, cross + now.T @ dense, count + len(now)
+        second, cross = second / count, cross / count
+        damp = dampening * second.diagonal().mean().clamp_min(1e-12)
+        w = layer.matrix(theta0)
+        right = cross @ w.T + damp * w.T  # (C w + λ w) for every row, as columns
+        kept = keep[layer.weight].reshape(layer.rows, layer.columns)
+        if bias:
+            kept = torch.cat([kept, kept.new_ones(layer.rows, 1)], dim=1)
+        rows = torch.zeros_like(w)
+        eye = torch.eye(len(second), dtype=second.dtype, device=second.device)
+        for r in range(layer.rows):
+            k = kept[r].nonzero().squeeze(1)
+            if len(k):
+                rows[r, k] = torch.linalg.solve(second[k][:, k] + damp * eye[:len(k), :len(k)], right[k, r])
+        theta = layer.write(theta, rows)
+    return theta * keep

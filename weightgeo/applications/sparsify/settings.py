@@ -25,10 +25,11 @@ class SparsifySettings(Settings):
 
     Geodesic (see :func:`~weightgeo.applications.sparsify.geodesic.geodesic_path`): ``metric``
     averaged over ``metric_batch`` unlabelled inputs, re-drawn at every stage; ``damping`` μ;
-    ``cg_iters`` per step; ``step`` "projection" or "natural-gradient" (the papers' ``traverse``,
-    with ``step_size``, ``step_norm``, ``path_share`` of the budget); ``stage_ratio`` for the
-    gradual schedule; ``one_path``: all levels read off one path; ``distill_every_stage``: distil
-    after every stage, not only at the requested levels.
+    ``cg_iters`` per step; ``step`` "projection", "natural-gradient" (the papers' ``traverse``,
+    with ``step_size``, ``step_norm``, ``path_share`` of the budget) or "layerwise" (OBC's mask and
+    a layer-by-layer refit to the dense outputs, on ``obs_batch`` inputs with ``obs_damping``);
+    ``stage_ratio`` for the gradual schedule; ``one_path``: all levels read off one path;
+    ``distill_every_stage``: distil after every stage, not only at the requested levels.
     """
 
     sparsity: tuple[float, ...] = setting(
@@ -39,9 +40,10 @@ class SparsifySettings(Settings):
         (1000,), "Gradient evaluations per method and level (a metric-vector product counts as one); "
         "several, comma-separated, give an accuracy-budget sweep.", min=0)
     dataset: str | None = setting(None, "Data set (default: the checkpoint's).")
-    step: Literal["projection", "natural-gradient"] = setting(
+    step: Literal["projection", "natural-gradient", "layerwise"] = setting(
         "projection", "Geodesic step: the least-metric-length projection onto each stage's hyperplane, "
-        "or the papers' natural-gradient traverse.")
+        "the papers' natural-gradient traverse, or layerwise: OBC's mask and every layer refit in turn to "
+        "the dense layer's outputs (forward passes only; --obs-batch, --obs-damping).")
     stage_ratio: float = setting(
         2.2, "Gradual schedule: each stage keeps at least 1/ratio of the previous stage's weights.", above=1)
     one_path: bool = setting(
@@ -73,9 +75,10 @@ class SparsifySettings(Settings):
     batch_size: int = setting(64, "Minibatch size of fine-tuning and distillation.", min=1)
     obd_batch: int | None = setting(None, "Inputs of OBD's diagonal Fisher (default: --metric-batch).", min=1)
     obs_batch: int | None = setting(
-        None, "obs-distill: unlabelled inputs of its layer Hessians (default: all; forward passes only).", min=1)
-    obs_damping: float = setting(0.01, "obs-distill: OBC's dampening, a fraction of each H's mean diagonal.",
-                                 above=0)
+        None, "obs-distill and --step layerwise: unlabelled inputs of the layer Hessians (default: all; "
+        "forward passes only).", min=1)
+    obs_damping: float = setting(
+        0.01, "obs-distill and --step layerwise: OBC's dampening, a fraction of each H's mean diagonal.", above=0)
     fip_lam: float = setting(1.0, "fip: λ, the weight of the sparsity objective.", min=0)
     fip_lr: float = setting(0.01, "fip: the step length of its unit-norm steps.", above=0)
     fip_batch: int = setting(200, "fip: reference inputs per step.", min=1)
