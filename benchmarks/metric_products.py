@@ -19,7 +19,7 @@ the machine, its load average before and after, the threads and a markdown table
 benchmarks/results/metric_products[_<model>_<device>].json.
 
     python benchmarks/metric_products.py [--model mlp] [--device cpu] [--batch 256] [--repeats 40]
-        [--threads 2] [--clock wall|cpu]
+        [--threads 2] [--clock wall|cpu] [--no-solves]
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
                 op @ v
 
         measurements[f"{name}_warm"] = lambda operator=operator: operator @ v
-        measurements[f"{name}_cg10"] = solve_like
+        if args.solves:
+            measurements[f"{name}_cg10"] = solve_like
         measurements[f"{name}_cold"] = lambda metric=metric: metric.mvp(theta, v)
 
     peer = curvlinops_peer(evaluated, x, y, v)
@@ -145,7 +146,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
     synchronise = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = interleaved_medians(measurements, args.repeats, synchronise)
     for name in metrics:
-        times[f"{name}_cg10"] /= 10  # per product
+        if args.solves:
+            times[f"{name}_cg10"] /= 10  # per product
     return {"parameters": theta.numel(), "ms": {k: 1e3 * t for k, t in times.items()},
             "over_flat": {k: t / times["fb_flat"] for k, t in times.items()},
             "over_module": {k: t / times["fb_module"] for k, t in times.items()},
@@ -168,6 +170,8 @@ def report(record: dict) -> None:
         for kind, words in (("warm", "warm, `at(θ) @ v`"), ("cg10", "per product of 10, linearisation incl."),
                             ("cold", "cold, `mvp(θ, v)`")):
             k = f"{key}_{kind}"
+            if k not in ms:
+                continue
             print(f"| {label} {words} | {ms[k]:.2f} | {module[k]:.2f} | {flat[k]:.2f} |")
     if r["peer"]:
         print(f"| {r['peer']} | {ms['curvlinops']:.2f} | {module['curvlinops']:.2f} | "
@@ -187,6 +191,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--solves", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the linearisation with 10 products (one CG solve)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall time, or process CPU time (steadier when other jobs share the cores; CPU only)")
     parser.add_argument("--out", default=None, help="the JSON record (default: benchmarks/results/...)")

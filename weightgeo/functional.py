@@ -188,10 +188,11 @@ class FunctionalModel:
         state = {**self.frozen, **(self.buffers if buffers is None else buffers), **params}
         return select_output(functional_call(self.module, state, (x,)), self.output)
 
-    def higher_derivatives(self):
+    def higher_derivatives(self, dual_numbers: bool = False):
         """The context for transforms that need forward-mode or second derivatives of the network
-        (:func:`higher_derivatives`): math attention, and no cuDNN for its RNNs on CUDA."""
-        return higher_derivatives(self.module)
+        (:func:`higher_derivatives`): math attention, and no cuDNN for its RNNs on CUDA;
+        ``dual_numbers`` for a dual-number forward pass whose tangents are not differentiated."""
+        return higher_derivatives(self.module, dual_numbers)
 
     def train_call(self, theta: Tensor, x: Tensor, buffers: Mapping[str, Tensor]) -> Tensor:
         """Logits in train mode (batch statistics, dropout on), updating ``buffers`` in place.

@@ -18,6 +18,12 @@ dual-number product and the geodesic force, second order for the linearisation):
 fast path, those normalisations, bags and packed RNNs in elementary operations
 (:class:`ElementaryForms`), and for a network with RNNs on CUDA the native RNN. Outside it
 nothing changes, so training and evaluation keep the fused kernels.
+
+Dual numbers. With ``dual_numbers=True`` (the one-pass product ``mvp``: a forward pass with
+forward-mode tangents, then a backward pass of the primal only) linear and convolution layers
+take their tangents from :class:`DualNumberForms`: d(x ⊛ W + b) = dx ⊛ W + x ⊛ dW + db, with
+the term of an input that carries no tangent skipped (PyTorch's formula multiplies by a zero
+tangent: one wasted matrix product per first layer) and the tangent not recorded for backward.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -33,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 
 @contextmanager
-def higher_derivatives(module: nn.Module | None = None) -> Iterator[None]:
+def higher_derivatives(module: nn.Module | None = None, dual_numbers: bool = False) -> Iterator[ElementaryForms]:
     """Run ``module`` on kernels that have forward-mode and second derivatives.
 
     The math attention, no fused fast path of the transformer layers, normalisation and bags
@@ -42,14 +49,19 @@ def higher_derivatives(module: nn.Module | None = None) -> Iterator[None]:
 
     Args:
         module: the network (only to find RNNs on CUDA); None for any network.
+        dual_numbers: the block runs a forward pass with ``torch.autograd.forward_ad`` tangents
+            whose own derivatives are never needed (:class:`DualNumberForms`).
+
+    Yields:
+        the mode in force, which records whether the block convolved (``convolves``).
     """
     with ExitStack() as stack:
         stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
         stack.enter_context(_attention_fast_path_disabled())
-        stack.enter_context(ElementaryForms())
+        forms = stack.enter_context(DualNumberForms() if dual_numbers else ElementaryForms())
         if module is not None and _has_cuda_rnn(module):
             stack.enter_context(_cudnn_disabled())
-        yield
+        yield forms
 
 
 def _standardise(x: Tensor, dims: tuple[int, ...], eps: float) -> Tensor:
@@ -173,14 +185,57 @@ class ElementaryForms(TorchFunctionMode):
         F.embedding_bag: _embedding_bag, F.hardsigmoid: _hardsigmoid,
         **{getattr(torch._VF, kind): _packed_rnn(kind) for kind in _CELLS}}
 
+    CONVOLUTIONS = frozenset((F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                              F.conv_transpose3d))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convolves = False  # whether a convolution ran inside (the products choose a route by it)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in self.CONVOLUTIONS:
+            self.convolves = True
         rule = self.RULES.get(func)
         if rule is not None:
             out = rule(*args, **kwargs)
             if out is not NotImplemented:
                 return out
         return func(*args, **kwargs)
+
+
+def _dual_bilinear(op: Callable) -> Callable:
+    """``op(x, W, b, *options)``, bilinear in (x, W) plus b, on dual numbers: the primal with
+    autograd, the tangent dx ⊛ W + x ⊛ dW + db without it and without the terms of absent
+    tangents."""
+
+    def run(input, weight, bias=None, *args, **kwargs):
+        x, dx = fwAD.unpack_dual(input)
+        w, dw = fwAD.unpack_dual(weight)
+        b, db = fwAD.unpack_dual(bias) if bias is not None else (None, None)
+        if dx is None and dw is None and db is None:
+            return NotImplemented
+        out = op(x, w, b, *args, **kwargs)
+        with torch.no_grad():
+            tangent = None
+            if dw is not None or db is not None:
+                tangent = op(x, torch.zeros_like(w) if dw is None else dw, db, *args, **kwargs)
+            if dx is not None:
+                through_input = op(dx, w, None, *args, **kwargs)
+                tangent = through_input if tangent is None else tangent.add_(through_input)
+        return fwAD.make_dual(out, tangent)
+
+    return run
+
+
+class DualNumberForms(ElementaryForms):
+    """:class:`ElementaryForms` plus linear and convolution layers whose forward-mode tangents
+    skip absent input tangents and are not recorded for backward (first-order tangents only:
+    the one-pass product detaches them)."""
+
+    RULES: dict[Callable, Callable] = {
+        **ElementaryForms.RULES,
+        **{op: _dual_bilinear(op) for op in (F.linear, F.conv1d, F.conv2d, F.conv3d)}}
 
 
 def _has_cuda_rnn(module: nn.Module) -> bool:
