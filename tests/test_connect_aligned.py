@@ -112,20 +112,22 @@ def test_aligned_relax_keeps_the_task_loss_lower_than_the_aligned_line():
 
 
 # -- traverse reaches its target ---------------------------------------------------------------------
-def test_faded_task_weight_has_the_exact_gradient():
+@pytest.mark.parametrize("d", [2.5, None])  # None: the constant weight (--no-traverse-fade)
+def test_faded_task_weight_has_the_exact_gradient(d):
     fm, theta_a, theta_b = _shuffled_pair(torch.float64)
     x = torch.randn(16, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.arange(16) % 3
-    d = 2.5
     objective = TowardNetwork(TargetPoint(theta_b), TaskLoss(fm, (x, y)), 7.0, fade=d)
     theta = theta_a.clone().requires_grad_(True)
     r = (theta - theta_b).norm()
-    by_hand = 0.5 * r**2 + 7.0 * (r / d) * F.cross_entropy(fm(theta, x), y)
+    by_hand = 0.5 * r**2 + 7.0 * (1.0 if d is None else r / d) * F.cross_entropy(fm(theta, x), y)
     (expected,) = torch.autograd.grad(by_hand, theta)
     value, grad = objective.value_and_grad(theta_a)
     torch.testing.assert_close(value, by_hand.detach())
     torch.testing.assert_close(objective.value(theta_a), by_hand.detach())
     torch.testing.assert_close(grad, expected)
+    if d is None:
+        return
     # at θ_b the task term vanishes with its gradient: θ_b is the objective's minimiser
     value, grad = objective.value_and_grad(theta_b)
     assert float(value) == 0.0 and float(grad.abs().max()) < 1e-9

@@ -366,3 +366,21 @@ def test_a_constant_metric_of_a_users_matrix_is_flat_with_closed_form_distance_a
     assert metric.energy_cost(7) == 0
     points = torch.stack([x, 0.5 * (x + y), y])  # the straight line's two halves: each d²/4
     assert torch.allclose(metric.segment_energies(points), metric.distance(x, y) ** 2 / 4 * torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["output", "fisher"])
+def test_segment_energies_are_the_metrics_quadratic_form_for_short_segments(kind):
+    # relax's output distances (squared logits difference; 4 Σ(Δ√p)² for the Fisher metric) must be
+    # Δθᵀ G(θ̄) Δθ to second order: the ratio → 1 as the segment shrinks, with an O(ε²) error
+    torch.manual_seed(5)
+    fmodel = FunctionalModel(torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
+                                                 torch.nn.Linear(6, 3)).double())
+    x = torch.randn(10, 4, dtype=torch.float64)
+    metric = build_metric(kind, fmodel, x)
+    theta = fmodel.theta()
+    d = torch.randn_like(theta)
+    for eps in (1e-2, 1e-3):
+        points = torch.stack([theta - 0.5 * eps * d, theta + 0.5 * eps * d])
+        energy = metric.segment_energies(points)[0]
+        quadratic = eps**2 * (d @ metric.mvp(theta, d))
+        assert abs(float(energy / quadratic) - 1) < 10 * eps**2
