@@ -152,3 +152,15 @@ def test_bad_settings_are_one_line():
         OptimizerSpec(lr=0.0)
     with pytest.raises(WeightgeoError, match="steps or a budget"):
         fit(torch.zeros(2), lambda t, b: t.sum(), Fixed(None), None)
+
+
+@pytest.mark.parametrize("values", [[1.0, -2.0], [3e38, 3e38, -3e38], [], [1.0, float("nan")],
+                                    [float("inf"), 0.0], [-float("inf")], [1e-45, 0.0]])
+def test_the_finiteness_test_agrees_with_isfinite_and_never_overflows(values):
+    from weightgeo.stopping import all_finite, finite, first_non_finite
+
+    t = torch.tensor(values, dtype=torch.float32)
+    expected = bool(torch.isfinite(t).all())
+    assert bool(finite(t)) == expected  # Σ 0·t: three huge finite values must not read as ∞
+    assert bool(all_finite(torch.ones(2), t, None)) == expected
+    assert first_non_finite(ok=torch.zeros(3), tested=t) == (None if expected else "tested")

@@ -44,7 +44,7 @@ from weightgeo.data.streams import Stream, stream
 from weightgeo.errors import WeightgeoError
 from weightgeo.optim.schedules import SCHEDULES, ScheduleName, schedule_factor
 from weightgeo.progress import Progress
-from weightgeo.stopping import Budget, Stop, StopReason, first_non_finite
+from weightgeo.stopping import Budget, Stop, StopReason, all_finite, finite, first_non_finite
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
@@ -207,7 +207,7 @@ def fit(
                 (grad,) = torch.autograd.grad(value, point)
             examples = distributed.batch_size(batch)
             value, grad = distributed.average(value.detach(), examples), distributed.average(grad, examples)
-            ok = torch.isfinite(value) & torch.isfinite(grad).all() & torch.isfinite(point).all()
+            ok = all_finite(value, grad, point)
             if not bool(ok):  # stop test: one host read per step
                 cause = first_non_finite(step=point.detach(), loss=value, gradient=grad)
                 if step > 0:
@@ -236,7 +236,7 @@ def fit(
             if checkpoint is not None and checkpoint_every > 0 and step % checkpoint_every == 0:
                 checkpoint(_save(point, opt, scheduler, source, loss, budget, step))
     final = point.detach().clone()
-    if stop.reason is not StopReason.NON_FINITE and not bool(torch.isfinite(final).all()):  # stop test
+    if stop.reason is not StopReason.NON_FINITE and not bool(finite(final)):  # stop test
         final = before
         stop = Stop(StopReason.NON_FINITE, step, "step")
     return FitResult(final, step, budget.spent, stop, history)
