@@ -63,3 +63,17 @@ def mnist5k_mlps(tmp_path_factory):
         name: train_model("mlp", "mnist5k", root / name, epochs=8, seed=seed, device="cpu")
         for name, seed in (("a", 0), ("b", 1))
     }
+
+
+def mlp_checkpoint_pair(root, hidden: int) -> list[str]:
+    """Two MLP checkpoints (784-hidden-10, seeds 0 and 1, untrained) for mnist5k under ``root``."""
+    from weightgeo.models import build_model
+    from weightgeo.models.checkpoint import save_checkpoint
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model("mlp", hidden=[hidden])
+        config = {"input_size": 784, "hidden": [hidden], "num_classes": 10}
+        paths.append(str(save_checkpoint(root / f"m{seed}.pt", model, "mlp", config, "mnist5k", None)))
+    return paths

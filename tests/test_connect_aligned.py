@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.conftest import mlp_checkpoint_pair
 from weightgeo.applications.connect import ConnectSettings, ConnectTask, run_method
 from weightgeo.applications.connect.methods import aligned
 from weightgeo.applications.connect.rebasin import permute_mlp
@@ -24,8 +25,6 @@ from weightgeo.applications.connect.traverse import TowardNetwork
 from weightgeo.cli import main
 from weightgeo.data import Data
 from weightgeo.functional import FunctionalModel
-from weightgeo.models import build_model
-from weightgeo.models.checkpoint import save_checkpoint
 from weightgeo.objectives import TargetPoint, TaskLoss
 from weightgeo.paths import Path as WeightPath
 
@@ -161,14 +160,7 @@ class Interrupted(BaseException):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """Two MLP checkpoints (784-16-10, seeds 0 and 1) on mnist5k."""
-    root = tmp_path_factory.mktemp("pair")
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = build_model("mlp", hidden=[16])
-        paths.append(str(save_checkpoint(root / f"m{seed}.pt", model, "mlp",
-                                         {"input_size": 784, "hidden": [16], "num_classes": 10}, "mnist5k", None)))
-    return paths
+    return mlp_checkpoint_pair(tmp_path_factory.mktemp("pair"), 16)
 
 
 def _rows(out: Path) -> list[dict]:

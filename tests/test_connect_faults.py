@@ -20,6 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.conftest import mlp_checkpoint_pair
 from weightgeo.applications.connect import (
     BENT_CURVES,
     ConnectSettings,
@@ -33,7 +34,6 @@ from weightgeo.data import Data
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 from weightgeo.models import build_model
-from weightgeo.models.checkpoint import save_checkpoint
 from weightgeo.objectives import TargetPoint
 from weightgeo.paths import Path as WeightPath
 from weightgeo.rundir import load_tensors
@@ -45,14 +45,7 @@ CLOCK = ("seconds", "eval_seconds")
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """Two MLP checkpoints (784-32-10, seeds 0 and 1) on mnist5k."""
-    root = tmp_path_factory.mktemp("pair")
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = build_model("mlp", hidden=[32])
-        paths.append(str(save_checkpoint(root / f"m{seed}.pt", model, "mlp",
-                                         {"input_size": 784, "hidden": [32], "num_classes": 10}, "mnist5k", None)))
-    return paths
+    return mlp_checkpoint_pair(tmp_path_factory.mktemp("pair"), 32)
 
 
 SMALL = ["--points", "5", "--nodes", "3", "--device", "cpu"]
