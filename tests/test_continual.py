@@ -201,6 +201,41 @@ def test_cli_mnist_fashion_end_to_end_on_fake_idx_files(tmp_path):
     assert acc["geodesic"] == pytest.approx(sum(last) / 2, rel=1e-5)
 
 
+def test_cli_tune_lr_tunes_every_method_jointly_and_runs_each_at_its_choice(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "continual", "--n-tasks", "2", "--method", "finetune,l2", "--budget", "5", "--max-train", "120",
+        "--memory", "5", "--tune", "--tune-lr", "0.001,0.2", "--out", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    trials = list(csv.DictReader(open(out / "tuning.csv")))
+    # finetune has no strength: tuned on the learning rate alone; l2 on its 5 strengths × 2 rates
+    assert sorted((t["method"], t["strength"], t["lr"]) for t in trials if t["method"] == "finetune") == [
+        ("finetune", "", "0.001"), ("finetune", "", "0.2")]
+    assert len([t for t in trials if t["method"] == "l2"]) == 10
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    for method in ("finetune", "l2"):
+        mine = [t for t in trials if t["method"] == method]
+        (chosen,) = [t for t in mine if t["chosen"] == "True"]
+        assert float(chosen["val_avg_accuracy"]) == max(float(t["val_avg_accuracy"]) for t in mine)
+        assert rows[method]["lr"] == chosen["lr"] and rows[method]["strength"] == chosen["strength"]
+    # the run used the chosen rate: the library's finetune at that rate gives the same scores
+    seq = make_task_sequence("permuted-mnist", "domain", 2, seed=0, max_train=120)
+    lr = float(rows["finetune"]["lr"])
+    direct = run_method("finetune", seq, "mlp", ContinualSettings(n_tasks=2, budget=5, memory=5, lr=lr), seed=0)
+    assert float(rows["finetune"]["avg_accuracy"]) == pytest.approx(100 * direct.scores["avg_accuracy"], abs=1e-4)
+    other = run_method("finetune", seq, "mlp", ContinualSettings(n_tasks=2, budget=5, memory=5,
+                                                                  lr=0.201 - lr), seed=0)
+    assert other.scores["avg_accuracy"] != direct.scores["avg_accuracy"]  # the rate changes the result
+    assert "| finetune | — | " + rows["finetune"]["lr"] + " |" in (out / "summary.md").read_text()
+
+
+def test_tune_lr_without_tune_is_refused_in_one_line():
+    with pytest.raises(WeightgeoError, match="^--tune-lr tunes the learning rate with --tune: add --tune$"):
+        ContinualSettings(tune_lr=(0.01, 0.05))
+    assert ContinualSettings(tune=True, tune_lr=(0.05, 0.01, 0.05)).tune_lr == (0.05, 0.01)
+
+
 def test_cli_seeds_run_s_to_s_plus_n_minus_1(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, [

@@ -5,8 +5,10 @@
 ``run_experiment(DIR, tasks="split-mnist", method=("geodesic", "ewc"), seeds=3)``.
 
 Units of work (the grain of ``--resume``): with ``--tune``, one per penalised method and grid
-value on the first seed's validation split (``tune/<method>/<strength>``); then one per seed and
-method (``seed<S>/<method>``), run with the tuned strength. Inside a unit the progress is saved
+value on the first seed's validation split (``tune/<method>/<strength>``; with ``--tune-lr``, one
+per method, grid value and learning rate, ``tune/<method>/<strength or ->/lr<lr>``, every method
+tuned); then one per seed and method (``seed<S>/<method>``), run with the tuned strength and
+learning rate. Inside a unit the progress is saved
 after every task (:func:`~.runner.run_method`'s store), so a run killed at any moment and
 resumed gives the results an uninterrupted run gives. A sequence is built before anything is
 written, and the network is probed on it: a model that does not fit is refused in one line.
@@ -38,9 +40,10 @@ from weightgeo.applications.continual.report import write_report
 from weightgeo.applications.continual.runner import (
     build_network,
     check_tunable,
-    choose_strength,
+    choose_trial,
     on_device,
     run_method,
+    tuned_settings,
     tuning_trial,
 )
 from weightgeo.applications.continual.settings import ContinualSettings
@@ -80,7 +83,7 @@ class Continual(Application):
         build_network(s.model_or_default, self.sequence(s.seed), s.seed, self.device)
         if s.tune:
             for method in self.tuned():
-                check_tunable(method, self.sequence(s.seed))
+                check_tunable(method, self.sequence(s.seed), lr=bool(s.tune_lr))
 
     def config(self) -> dict:
         s = self.settings
@@ -106,42 +109,50 @@ class Continual(Application):
         return self.sequences[seed]
 
     def tuned(self) -> list[str]:
-        return [m for m in self.settings.method if m in PENALISED]
+        """The methods ``--tune`` tunes: the penalised ones, or every one with ``--tune-lr``."""
+        return [m for m in self.settings.method if m in PENALISED or self.settings.tune_lr]
 
     def units(self) -> Iterator[Unit]:
         s = self.settings
         if s.tune:
             for method in self.tuned():
-                for value in METHODS[method].grid:
-                    yield Unit(f"tune/{method}/{value:g}", {"kind": TUNE, "method": method, "strength": value})
+                for value in METHODS[method].grid or (None,):
+                    for lr in s.tune_lr or (None,):
+                        key = f"tune/{method}/{'-' if value is None else format(value, 'g')}"
+                        yield Unit(key if lr is None else f"{key}/lr{lr:g}",
+                                   {"kind": TUNE, "method": method, "strength": value, "lr": lr})
         chosen = self.chosen()
         for seed in s.seed_list:
             for method in s.method:
+                pick = chosen.get(method, {})
                 yield Unit(f"seed{seed}/{method}", {"kind": RESULT, "method": method, "seed": seed,
-                                                    "strength": chosen.get(method)})
+                                                    "strength": pick.get("strength"), "lr": pick.get("lr")})
 
-    def chosen(self) -> dict[str, float]:
-        """The tuned strengths (read from the tuning units' rows)."""
+    def chosen(self) -> dict[str, dict]:
+        """The tuned strength and learning rate of each method (read from the tuning units' rows;
+        the learning rate only where ``--tune-lr`` tuned it)."""
         trials: dict[str, list[dict]] = {}
         for rows in self.done.values():
             for row in rows:
                 if row.get("kind") == TUNE:
                     trials.setdefault(row["method"], []).append(row)
-        picks = {method: choose_strength(rows) for method, rows in trials.items()}
-        return {method: value for method, value in picks.items() if value is not None}
+        picks = {method: choose_trial(rows) for method, rows in trials.items()}
+        return {method: {"strength": best["strength"], "lr": best.get("lr") if self.settings.tune_lr else None}
+                for method, best in picks.items() if best is not None}
 
     def run_unit(self, unit: Unit, run: RunDirectory) -> list[dict]:
         s, p = self.settings, unit.params
         method, store = p["method"], UnitStore(run, unit.key)
         if p["kind"] == TUNE:
             row = tuning_trial(method, p["strength"], self.sequence(s.seed), s.model_or_default, s, s.seed,
-                               self.device, store=store)
-            self.options.log(f"tune {method}: strength {p['strength']:g} → validation ACC "
-                             f"{_percent(row['val_avg_accuracy'])}%")
+                               self.device, store=store, lr=p.get("lr"))
+            trial = "" if p["strength"] is None else f"strength {p['strength']:g}"
+            if p.get("lr") is not None:
+                trial = f"{trial}{', ' if trial else ''}lr {p['lr']:g}"
+            self.options.log(f"tune {method}: {trial} → validation ACC {_percent(row['val_avg_accuracy'])}%")
             run.drop_state(unit.key)
             return [{"kind": TUNE, **row}]
-        settings = s if p["strength"] is None else s.replace(strength={**s.strength, method: p["strength"]},
-                                                             damping=None)
+        settings = tuned_settings(s, method, p["strength"], p.get("lr"))
         result = run_method(method, self.sequence(p["seed"]), s.model_or_default, settings, p["seed"],
                             self.device, log=self.options.log, store=store)
         row = result.row()

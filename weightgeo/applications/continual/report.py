@@ -2,11 +2,11 @@
 
 From the result rows (:meth:`~.runner.MethodResult.row`, one per method and seed) it writes
 ``results.csv`` (method, scenario, seed, avg_accuracy, bwt, forgetting, plasticity, grad_evals,
-grad_evals_per_task, seconds, strength, stop_reason, stop_message; accuracies and their
+grad_evals_per_task, seconds, strength, lr, stop_reason, stop_message; accuracies and their
 differences in percentage points), ``results.jsonl`` (the rows with their accuracy matrices),
 ``matrices/<method>_seed<S>.csv``, ``heatmap_<method>.png`` (the matrix averaged over seeds),
 ``accuracy_over_tasks.png`` (every task's accuracy as later tasks are learned, one panel per
-method), ``tuning.csv`` (with ``--tune``: each trial, the chosen strength marked) and
+method), ``tuning.csv`` (with ``--tune``: each trial, strength and learning rate, the chosen one marked) and
 ``summary.md`` (mean ± std over seeds per method).
 """
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 CSV_COLUMNS = [
     "method", "scenario", "seed", "avg_accuracy", "bwt", "forgetting", "plasticity",
-    "grad_evals", "grad_evals_per_task", "seconds", "strength", "stop_reason", "stop_message",
+    "grad_evals", "grad_evals_per_task", "seconds", "strength", "lr", "stop_reason", "stop_message",
 ]
 SCORES = ("avg_accuracy", "bwt", "forgetting", "plasticity")
 
@@ -95,7 +95,7 @@ def write_report(run: Path, results: list[dict], tuning: list[dict], settings: C
     if diverged:
         text += "\nDiverged (their rows hold no scores):\n\n" + "".join(f"- {line}\n" for line in diverged)
     if tuning:
-        text += "\nTuning (validation ACC per strength): see `tuning.csv`.\n"
+        text += "\nTuning (validation ACC per strength and learning rate): see `tuning.csv`.\n"
     state = run / "state"
     if state.is_dir() and not any(state.iterdir()):  # every unit finished: no progress left to keep
         state.rmdir()
@@ -103,9 +103,9 @@ def write_report(run: Path, results: list[dict], tuning: list[dict], settings: C
 
 
 def _chosen(row: dict, tuning: list[dict]) -> bool:
-    from weightgeo.applications.continual.runner import choose_strength
+    from weightgeo.applications.continual.runner import choose_trial
 
-    return row["strength"] == choose_strength([r for r in tuning if r["method"] == row["method"]])
+    return row is choose_trial([r for r in tuning if r["method"] == row["method"]])
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -114,6 +114,7 @@ def summarise(results: list[dict]) -> list[dict]:
     for method in dict.fromkeys(r["method"] for r in results):
         mine = [r for r in results if r["method"] == method]
         row: dict = {"method": method, "seeds": len(mine), "strength": mine[0]["strength"],
+                     "lr": mine[0].get("lr"),
                      "grad_evals_per_task": None if _all_at_once(mine[0]) else max(r["grad_evals_per_task"] for r in mine),
                      "grad_evals": _mean(r["grad_evals"] for r in mine),
                      "seconds": _mean(r["seconds"] for r in mine)}
@@ -141,15 +142,16 @@ def _pm(row: dict, key: str) -> str:
 def summary_table(summary: list[dict]) -> str:
     """The summary as a markdown table."""
     lines = [
-        "| method | strength | ACC | BWT | forgetting | plasticity | grad evals / task | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | strength | lr | ACC | BWT | forgetting | plasticity | grad evals / task | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary:
         strength = "—" if row["strength"] is None else f"{row['strength']:g}"
+        lr = "—" if row.get("lr") is None else f"{row['lr']:g}"
         per_task = "total " + str(int(row["grad_evals"])) if row["grad_evals_per_task"] is None \
             else str(row["grad_evals_per_task"])
         lines.append(
-            f"| {row['method']} | {strength} | {_pm(row, 'avg_accuracy')} | {_pm(row, 'bwt')} | "
+            f"| {row['method']} | {strength} | {lr} | {_pm(row, 'avg_accuracy')} | {_pm(row, 'bwt')} | "
             f"{_pm(row, 'forgetting')} | {_pm(row, 'plasticity')} | {per_task} | {row['seconds']:.1f} |"
         )
     return "\n".join(lines) + "\n"

@@ -55,6 +55,7 @@ class MethodResult:
     scores: dict[str, float] = field(default_factory=dict)
     stop: Stop | None = None
     message: str | None = None
+    lr: float | None = None
 
     @property
     def diverged(self) -> bool:
@@ -66,7 +67,7 @@ class MethodResult:
             "method": self.method, "scenario": self.scenario, "seed": self.seed,
             **{k: 100 * v for k, v in self.scores.items()},
             "grad_evals": sum(self.grad_evals), "grad_evals_per_task": max(self.grad_evals, default=0),
-            "seconds": self.seconds, "strength": self.strength,
+            "seconds": self.seconds, "strength": self.strength, "lr": self.lr,
             "stop_reason": None if self.stop is None else self.stop.reason.value,
             "matrix": self.matrix, "grad_evals_by_task": self.grad_evals,
         }
@@ -192,29 +193,45 @@ def run_method(
             store.save({"theta": theta, "matrix": matrix, "spent": spent, "seconds": progress["seconds"],
                         "done": t, "learner": learner.state_dict(), "random": _random_state(device)})
     result = MethodResult(method, seed, seq.scenario, matrix, spent, progress["seconds"], learner.strength,
-                          stop=stop, message=message)
+                          stop=stop, message=message, lr=settings.lr)
     result.scores = ({k: math.nan for k in ("avg_accuracy", "bwt", "forgetting", "plasticity")}
                      if result.diverged else scores(matrix))
     return result
 
 
-def tuning_trial(method: str, strength: float, seq: TaskSequence, model_name: str, settings: ContinualSettings,
-                 seed: int, device, model_config: dict | None = None, store: Store | None = None) -> dict:
-    """One trial of the tuning: ``method`` at ``strength``, scored on the validation split (percent)."""
-    trial = settings.replace(strength={**settings.strength, method: strength}, damping=None)
+def tuned_settings(settings: ContinualSettings, method: str, strength: float | None = None,
+                   lr: float | None = None) -> ContinualSettings:
+    """``settings`` with ``method``'s strength and the learning rate replaced (None: kept)."""
+    if strength is not None:
+        settings = settings.replace(strength={**settings.strength, method: strength}, damping=None)
+    return settings if lr is None else settings.replace(lr=lr)
+
+
+def tuning_trial(method: str, strength: float | None, seq: TaskSequence, model_name: str,
+                 settings: ContinualSettings, seed: int, device, model_config: dict | None = None,
+                 store: Store | None = None, lr: float | None = None) -> dict:
+    """One trial of the tuning: ``method`` at ``strength`` (None: a method without one) and learning
+    rate ``lr`` (None: ``settings.lr``), scored on the validation split (percent)."""
+    trial = tuned_settings(settings, method, strength, lr)
     result = run_method(method, seq, model_name, trial, seed, device, split="val", model_config=model_config,
                         store=store)
-    return json_safe({"method": method, "strength": strength,
+    return json_safe({"method": method, "strength": strength, "lr": trial.lr,
                       "val_avg_accuracy": 100 * result.scores["avg_accuracy"], "val_bwt": 100 * result.scores["bwt"],
                       "seconds": result.seconds, "stop_reason": result.row()["stop_reason"]})
 
 
-def choose_strength(trials: list[dict]) -> float | None:
-    """The strength with the best validation ACC (ties: the first; trials that diverged never)."""
+def choose_trial(trials: list[dict]) -> dict | None:
+    """The trial with the best validation ACC (ties: the first; trials that diverged never)."""
     finite = [r for r in trials if r["val_avg_accuracy"] is not None]
     if not finite:
         return None
-    return max(enumerate(finite), key=lambda pair: (pair[1]["val_avg_accuracy"], -pair[0]))[1]["strength"]
+    return max(enumerate(finite), key=lambda pair: (pair[1]["val_avg_accuracy"], -pair[0]))[1]
+
+
+def choose_strength(trials: list[dict]) -> float | None:
+    """The strength of the trial with the best validation ACC (:func:`choose_trial`)."""
+    best = choose_trial(trials)
+    return None if best is None else best["strength"]
 
 
 def tune_strength(
@@ -239,9 +256,10 @@ def tune_strength(
     return choose_strength(trials), trials
 
 
-def check_tunable(method: str, seq: TaskSequence) -> None:
-    """Refuse tuning a method without a strength, or a sequence without a validation split."""
-    if METHODS[method].default_strength is None:
+def check_tunable(method: str, seq: TaskSequence, lr: bool = False) -> None:
+    """Refuse tuning a method with nothing to tune (no strength, and ``lr`` False: the learning rate
+    not tuned), or a sequence without a validation split."""
+    if METHODS[method].default_strength is None and not lr:
         raise WeightgeoError(f"{method} has no strength to tune")
     if any(len(t.val) == 0 for t in seq.tasks):
         raise WeightgeoError("tuning needs a validation split (val_fraction > 0)")

@@ -58,6 +58,10 @@ class ContinualSettings(Settings):
     strength: dict[str, float] = setting({}, "Penalty strengths, e.g. ewc=1000,si=1 (default: the tuned "
                                          "defaults).", above=0)
     tune: bool = setting(False, "Tune each penalised method's strength (and μ) on a validation split.")
+    tune_lr: tuple[float, ...] | None = setting(
+        None, "With --tune, also tune the learning rate over these values (comma-separated), jointly with each "
+        "method's strength: every method is then tuned, one without a strength on the learning rate alone "
+        "(default: none, every method at --lr).", above=0)
     seeds: int = setting(1, "Run the seeds S … S+N−1 from --seed S.", min=1)
     base: str | None = setting(None, "The data set a sequence is built from (default: each sequence's own: "
                                "mnist5k for the MNIST ones; the CIFAR ones accept only their own).",
@@ -101,6 +105,10 @@ class ContinualSettings(Settings):
             if name not in tunable:
                 raise WeightgeoError(f"--strength {name}=…: {name!r} has no strength; the methods with one: "
                                      f"{', '.join(tunable)}")
+        if self.tune_lr and not self.tune:
+            raise WeightgeoError("--tune-lr tunes the learning rate with --tune: add --tune")
+        if self.tune_lr is not None:
+            self.tune_lr = tuple(dict.fromkeys(self.tune_lr))
         SOLVERS[self.solver].check_metric(self.metric)
         if self.solver == "nystrom" and not self.rank < self.budget:
             raise WeightgeoError(f"--rank must be below --budget ({self.budget}) for the Nyström solver, got "
