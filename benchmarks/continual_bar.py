@@ -8,6 +8,9 @@ table says how many seeds each method finished).
     .venv/bin/python benchmarks/continual_bar.py --root /tmp/clbench            # run, then table
     .venv/bin/python benchmarks/continual_bar.py --root /tmp/clbench --report   # table only
     .venv/bin/python benchmarks/continual_bar.py --root /tmp/clbench --resume   # continue killed runs
+
+``--report`` reads any run directory under ROOT named ``<tasks>-<scenario>``; the runs of
+``--tune-lr`` (see BENCHMARKS.md) are read the same way, their lr column the tuned rate.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ def table(run: Path) -> str:
     for row in _unit_rows(run, "tuning"):
         trials.setdefault(row["method"], []).append(row)
     chosen = {method: choose_strength(mine) for method, mine in trials.items()}
-    out = ["| method | strength | seeds | ACC | BWT | forgetting | plasticity | grad evals / task | s / seed |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| method | strength | lr | seeds | ACC | BWT | forgetting | plasticity | grad evals / task | s / seed |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
 
@@ -50,7 +53,8 @@ def table(run: Path) -> str:
 
         per_task = "total " + str(mine[0]["grad_evals"]) if method == "joint" else str(mine[0]["grad_evals_per_task"])
         seconds = sum(r["seconds"] for r in mine) / len(mine)
-        out.append(f"| {method} | {chosen.get(method) or '—'} | {len(mine)} | {cell('avg_accuracy')} | {cell('bwt')} | "
+        lr = mine[0].get("lr")  # what the runs used (tuned with --tune-lr)
+        out.append(f"| {method} | {chosen.get(method) or '—'} | {'—' if lr is None else format(lr, 'g')} | {len(mine)} | {cell('avg_accuracy')} | {cell('bwt')} | "
                    f"{cell('forgetting')} | {cell('plasticity')} | {per_task} | {seconds:.0f} |")
     return "\n".join(out) + "\n"
 
