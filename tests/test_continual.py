@@ -230,6 +230,18 @@ def test_cli_tune_lr_tunes_every_method_jointly_and_runs_each_at_its_choice(tmp_
     assert "| finetune | — | " + rows["finetune"]["lr"] + " |" in (out / "summary.md").read_text()
 
 
+def test_the_tuning_chooses_the_best_validation_trial_first_of_ties_never_a_diverged_one():
+    from weightgeo.applications.continual.runner import choose_strength, choose_trial
+
+    trials = [{"strength": 1.0, "lr": 0.01, "val_avg_accuracy": 80.0},
+              {"strength": 10.0, "lr": 0.05, "val_avg_accuracy": None},  # diverged
+              {"strength": 0.1, "lr": 0.03, "val_avg_accuracy": 90.0},
+              {"strength": 0.01, "lr": 0.05, "val_avg_accuracy": 90.0}]
+    assert choose_trial(trials) is trials[2] and choose_strength(trials) == 0.1
+    assert choose_trial(trials[3:] + trials[:3]) is trials[3]  # ties: the first in the list
+    assert choose_trial([trials[1]]) is None and choose_strength([]) is None
+
+
 def test_tune_lr_without_tune_is_refused_in_one_line():
     with pytest.raises(WeightgeoError, match="^--tune-lr tunes the learning rate with --tune: add --tune$"):
         ContinualSettings(tune_lr=(0.01, 0.05))
