@@ -125,3 +125,30 @@ def test_connect_takes_a_users_metric_by_import_path(mnist5k_mlps, tmp_path, mon
     # under G = 4I the metric length of the straight line is twice its Euclidean length
     assert float(rows["linear"]["metric_length"]) == pytest.approx(2 * float(rows["linear"]["euclidean_length"]),
                                                                      rel=1e-4)
+
+
+def test_sparsify_takes_a_users_metric_by_import_path(mnist5k_mlps, tmp_path, monkeypatch):
+    """G = 4I by import path gives the Euclidean metric's geodesic pruning: the same damped directions
+    (∇/(4 + μ) against ∇/(1 + μ)), the same Euclidean steps, so the same sparse network."""
+    (tmp_path / "mymetrics.py").write_text(
+        "from weightgeo.metrics import Metric\n\n"
+        "class Scaled(Metric):\n    product_cost = 0\n\n"
+        "    def __init__(self, model, inputs):\n        self.scale = 4.0\n\n"
+        "    def mvp(self, theta, v):\n        return self.scale * v\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    a = str(mnist5k_mlps["a"]["checkpoint"])
+    rows = {}
+    for metric in ("mymetrics:Scaled", "euclidean"):
+        out = tmp_path / metric.replace(":", "_")
+        main(["sparsify", a, "--sparsity", "0.8", "--method", "geodesic", "--budget", "30", "--metric", metric,
+              "--no-checkpoints", "--out", str(out)])
+        import csv
+
+        rows[metric] = next(csv.DictReader(open(out / "results.csv")))
+    scaled, euclidean = rows["mymetrics:Scaled"], rows["euclidean"]
+    assert scaled["grad_evals"] == euclidean["grad_evals"]
+    assert float(scaled["test_accuracy"]) == pytest.approx(float(euclidean["test_accuracy"]), abs=0.11)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sparsify", a, "--sparsity", "0.8", "--metric", "mymetrics:Missing", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2

@@ -119,7 +119,7 @@ class GeodesicWalk:
             self.layerwise(level, previous)
         else:
             self.keep = self.task.magnitude_mask(self.theta, level) & previous  # re-ranked inside the subspace
-            if s.metric != "euclidean":
+            if self.space.metric.inputs is not None:  # a metric of the data: re-drawn at every stage
                 self.space = self.space.with_inputs(next(self.batches))
             if s.step == "projection":
                 path.begin_stage(f"sparsity {level:g}")
@@ -176,7 +176,7 @@ class GeodesicWalk:
         evaluate = None if self.evaluate is None else (lambda t: self.evaluate(t, level))
         traverse(self.space.with_mask(previous), self.objective, step_size=s.step_size, max_steps=s.max_steps,
                  path=path, finish=False, step_norm=s.step_norm, budget=min(self.budget, int(self.planned)),
-                 metric_inputs=self.batches if s.metric != "euclidean" else None, evaluate=evaluate,
+                 metric_inputs=self.batches if self.space.metric.inputs is not None else None, evaluate=evaluate,
                  evaluate_every=self.evaluate_every)
         if path.last_stop.diverged:
             self.diverged(path.last_stop, "lower --step-size")

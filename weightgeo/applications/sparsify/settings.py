@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from weightgeo.applications.sparsify.registry import METHODS
-from weightgeo.metrics.registry import METRIC_NAMES
+from weightgeo.metrics.registry import METRIC_HELP, metric_builder
 from weightgeo.objectives.sparsity import check_sparsity
 from weightgeo.settings import Settings, setting
 
@@ -60,8 +60,7 @@ class SparsifySettings(Settings):
         0, "imp-rewind: labelled steps from the dense network to the rewind point (0: rewind to the dense "
         "network itself), charged to every level.", min=0)
     checkpoints: bool = setting(True, "Write every sparse network as a checkpoint (with its mask).")
-    metric: str = setting("output", "The task metric G: output (JᵀJ on logits), fisher, diag-fisher or euclidean.",
-                          choices=METRIC_NAMES)
+    metric: str = setting("output", METRIC_HELP, check=metric_builder)
     metric_batch: int = setting(256, "Inputs over which the metric is averaged at each step.", min=1)
     damping: float = setting(0.1, "μ in the damped natural-gradient step (G + μI)^-1 ∇O.", min=0)
     cg_iters: int = setting(10, "Conjugate-gradient iterations per step.", min=1)
