@@ -95,6 +95,29 @@ def test_empirical_fisher_diagonal_matches_a_per_example_loop_in_float64():
     assert not torch.allclose(fisher, fisher_by_loop(fmodel, theta, x, y, None))  # the mask matters
 
 
+class _DictOutput(nn.Module):
+    """The same network, its logits returned under a key beside another tensor."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        logits = self.net(x)
+        return {"features": 2 * logits, "logits": logits}
+
+
+def test_empirical_fisher_diagonal_reads_the_logits_the_output_selector_picks():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 5)).double()
+    plain, keyed = FunctionalModel(net), FunctionalModel(_DictOutput(net), output="logits")
+    x, y = torch.randn(7, 4, dtype=torch.float64), torch.tensor([1, 2, 1, 3, 2, 2, 1])
+    expected = empirical_fisher_diagonal(plain, plain.theta(), x, y, None)
+    assert torch.allclose(empirical_fisher_diagonal(keyed, keyed.theta(), x, y, None), expected, rtol=1e-12)
+    doubled = FunctionalModel(_DictOutput(net), output="features")  # another selector, other logits
+    assert not torch.allclose(empirical_fisher_diagonal(doubled, doubled.theta(), x, y, None), expected)
+
+
 def test_ewc_penalty_gradient_is_the_fisher_weighted_pull_back_to_every_old_solution():
     seq = synthetic_sequence("task", 2, n_train=20)
     fmodel = small_net(seq.num_outputs)

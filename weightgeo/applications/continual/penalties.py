@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from weightgeo.applications.continual.learner import Learner
 from weightgeo.functional import FunctionalModel, mask_logits
@@ -59,13 +59,11 @@ def empirical_fisher_diagonal(
     buffers: dict[str, Tensor] | None = None,
     chunk: int = 64,
 ) -> Tensor:
-    """(1/m) Σ_i (∂ log p_{y_i}(x_i)/∂θ)² over m examples (eval mode, masked logits)."""
-    module = fmodel.module
-    state = {**fmodel.frozen, **(fmodel.buffers if buffers is None else buffers)}
+    """(1/m) Σ_i (∂ log p_{y_i}(x_i)/∂θ)² over m examples (eval mode, masked logits; the logits
+    are those the model's ``output=`` selector picks, as every other method sees them)."""
 
     def loss(t: Tensor, xi: Tensor, yi: Tensor) -> Tensor:
-        params = {n: c.view(s) for n, c, s in zip(fmodel.names, t.split(fmodel.numels), fmodel.shapes)}
-        logits = functional_call(module, {**state, **params}, (xi.unsqueeze(0),))
+        logits = fmodel(t, xi.unsqueeze(0), buffers)
         return F.cross_entropy(mask_logits(logits, allowed), yi.unsqueeze(0))
 
     per_example = vmap(grad(loss), in_dims=(None, 0, 0))
