@@ -1,0 +1,61 @@
+"""Closed forms and block products of the metrics against dense references (float64).
+
+Each test here was written for a generated mutant that survived the suite (TESTING.md, the
+sample of 2026-11-26): a product or diagonal that no other test reached.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from weightgeo.applications.continual.geodesic import FrozenDiagonal
+from weightgeo.functional import FunctionalModel
+from weightgeo.metrics import Euclidean, LowRankMetric, OutputMetric
+from weightgeo.metrics.resampled import ResampledMetric
+
+
+def _model() -> FunctionalModel:
+    torch.manual_seed(0)
+    return FunctionalModel(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double())
+
+
+def test_a_block_of_vectors_is_multiplied_column_by_column():
+    fmodel = _model()
+    metric = OutputMetric(fmodel, torch.randn(6, 3, dtype=torch.float64))
+    theta, block = fmodel.theta(), torch.randn(fmodel.n, 3, dtype=torch.float64)
+    columns = torch.stack([metric.mvp(theta, block[:, j]) for j in range(3)], 1)
+    assert torch.allclose(metric.mvp(theta, block), columns, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(metric.mvp(theta, block), metric.dense(theta) @ block, rtol=1e-10, atol=1e-12)
+
+
+def test_the_frozen_diagonal_metric_is_diag_d():
+    d = torch.rand(5, dtype=torch.float64) + 0.1
+    v, theta = torch.randn(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    metric = FrozenDiagonal(d)
+    assert torch.allclose(metric.mvp(theta, v), torch.diag(d) @ v, rtol=1e-14)
+    assert torch.allclose(metric.at(theta) @ v, torch.diag(d) @ v, rtol=1e-14)
+
+
+def test_the_low_rank_metrics_diagonal_is_the_dense_diagonal():
+    torch.manual_seed(1)
+    basis, _ = torch.linalg.qr(torch.randn(7, 3, dtype=torch.float64))
+    eigenvalues = torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64)
+    operator = LowRankMetric(basis, eigenvalues).at(torch.zeros(7, dtype=torch.float64))
+    dense = basis @ torch.diag(eigenvalues) @ basis.T
+    assert torch.allclose(operator.diagonal(), torch.diagonal(dense), rtol=1e-12)
+
+
+def test_euclidean_segment_energies_are_the_squared_lengths_of_every_segment():
+    points = torch.randn(5, 4, dtype=torch.float64)
+    expected = torch.stack([(points[k + 1] - points[k]).square().sum() for k in range(4)])
+    assert torch.allclose(Euclidean().segment_energies(points), expected, rtol=1e-14)
+
+
+def test_a_resampled_metric_reads_the_inputs_of_labelled_batches():
+    fmodel = _model()
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    theta, v = fmodel.theta(), torch.randn(fmodel.n, dtype=torch.float64)
+    base = OutputMetric(fmodel, torch.randn(4, 3, dtype=torch.float64))
+    labelled = ResampledMetric(base, [(x, y)]).at(theta) @ v
+    assert torch.allclose(labelled, OutputMetric(fmodel, x).mvp(theta, v), rtol=1e-10, atol=1e-12)
