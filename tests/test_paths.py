@@ -115,6 +115,21 @@ def test_interrupted_path_resumes_from_last_waypoint(net, tmp_path):
     assert Path.load(tmp_path / "p").euclidean_length == pytest.approx(reference.euclidean_length)
 
 
+def test_a_callback_that_returns_true_stops_the_path_at_that_point(net):
+    model, _, theta_a, theta_b, _ = net
+    seen = []
+
+    def enough(k, theta, path):
+        seen.append(k)
+        return k == 7
+
+    path = traverse(WeightSpace(model, Euclidean()), TargetPoint(theta_b), step_size=0.01, max_steps=100,
+                    start=theta_a, callback=enough)
+    assert seen == list(range(8)) and len(path) == 8
+    assert path.stop_reason == "callback" and path.last_stop.step == 7
+    assert torch.equal(path.end, path.waypoint(7))
+
+
 def test_in_memory_path_keeps_only_saved_waypoints(net):
     model, _, theta_a, theta_b, _ = net
     path = traverse(WeightSpace(model), TargetPoint(theta_b), step_size=0.001, max_steps=100,

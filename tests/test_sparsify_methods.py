@@ -266,6 +266,18 @@ def test_masked_distill_stays_at_the_dense_network_and_pulls_a_pruned_one_toward
     assert torch.equal(after_theta[~keep], torch.zeros_like(after_theta[~keep]))
 
 
+def test_a_recovery_with_no_steps_is_the_pruned_point_and_a_steps_stop_at_step_zero() -> None:
+    from weightgeo.stopping import StopReason
+
+    fm = _fmodel()
+    theta0, data = fm.theta(), _data()
+    keep = keep_mask(theta0.abs(), fm.weight_mask(), 0.5)
+    distillation = Distillation(fm, theta0, data.x.double())
+    for recovery in (masked_finetune(fm, theta0, keep, data, 0), masked_distill(fm, theta0, keep, distillation, 0)):
+        assert torch.equal(recovery.theta, theta0 * keep) and recovery.grad_evals == 0
+        assert recovery.stop.reason is StopReason.STEPS and recovery.stop.step == 0
+
+
 # -- labels ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_label_free_methods_never_read_a_label_and_the_others_do(method: str) -> None:
