@@ -52,9 +52,8 @@ def _read_waypoint(directory: FilePath, k: int) -> Tensor:
 
 
 def _to_python(value: Any) -> Any:
-    # Logging: the host sync of a path happens here, once per flush, never per step.
-    if isinstance(value, Tensor):
-        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, Tensor):  # logging: a path's host sync, once per flush, never per step
+        value = value.item() if value.numel() == 1 else value.tolist()  # logging (see above)
     if isinstance(value, float) and not math.isfinite(value):
         return None  # strict JSON; the stop record says why
     return value

@@ -146,9 +146,7 @@ class Continual(Application):
         if p["kind"] == TUNE:
             row = tuning_trial(method, p["strength"], self.sequence(s.seed), s.model_or_default, s, s.seed,
                                self.device, store=store, lr=p.get("lr"))
-            trial = "" if p["strength"] is None else f"strength {p['strength']:g}"
-            if p.get("lr") is not None:
-                trial = f"{trial}{', ' if trial else ''}lr {p['lr']:g}"
+            trial = ", ".join(f"{key} {p[key]:g}" for key in ("strength", "lr") if p.get(key) is not None)
             self.options.log(f"tune {method}: {trial} → validation ACC {_percent(row['val_avg_accuracy'])}%")
             run.drop_state(unit.key)
             return [{"kind": TUNE, **row}]
