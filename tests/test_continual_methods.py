@@ -30,7 +30,8 @@ from weightgeo.data.streams import Fixed
 from weightgeo.data.tasks import Task, TaskSequence, make_task_sequence, mask_logits
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
-from weightgeo.metrics import FisherMetric, OutputMetric
+from weightgeo.metrics import FisherMetric, OutputMetric, build_metric
+from weightgeo.metrics.diagonal_fisher import FrozenDiagonal
 from weightgeo.paths import output_distance
 
 SHAPE = (1, 2, 3)  # six input features
@@ -746,3 +747,40 @@ def test_the_kfac_solver_refuses_a_metric_it_cannot_factorise_in_one_line():
     with pytest.raises(WeightgeoError, match="metric"):
         config(metric="no-such-metric", solver="cg")
     assert config(metric="diag-fisher").metric == "diag-fisher"
+
+
+class UserFrozenMetric(OutputMetric):
+    """A user's metric with its own exact frozen form diag(1, 2, 3, …) at a cost of 7 evaluations."""
+
+    def freeze(self, theta, batch_size):
+        return FrozenDiagonal(torch.arange(1.0, len(theta) + 1, dtype=theta.dtype)), 7
+
+
+@pytest.mark.parametrize("solver", ["kfac", "nystrom"])
+def test_a_user_metric_with_its_own_frozen_form_is_frozen_as_that_by_the_frozen_solvers(solver):
+    # Dispatch by method: the kfac check and the frozen solvers use Metric.freeze, not the name.
+    seq = synthetic_sequence("domain", 2, n_train=20)
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)))
+    mu = 0.5
+    learner = make_learner("geodesic", fmodel, seq, config(
+        budget=30, memory=2, solver=solver, rank=5, strength={"geodesic": mu},
+        metric="tests.test_continual_methods:UserFrozenMetric"))
+    learner.after_task(0, fmodel.theta())
+    theta = perturbed(fmodel.theta(), 5)
+    assert learner.before_task(1, theta) == 7
+    g = torch.randn(theta.shape, generator=torch.Generator().manual_seed(9))
+    d = torch.arange(1.0, len(theta) + 1)
+    assert torch.allclose(learner.direction(theta, g), mu * g / (d + mu), rtol=1e-5)
+
+
+def test_the_diagonal_fishers_frozen_form_is_its_diagonal_at_c_evaluations_per_batch():
+    torch.manual_seed(0)
+    fmodel = FunctionalModel(nn.Sequential(nn.Flatten(), nn.Linear(6, CLASSES)).double())
+    inputs, theta = torch.randn(5, *SHAPE, dtype=torch.float64), perturbed(fmodel.theta(), 1)
+    frozen, cost = build_metric("diag-fisher", fmodel, inputs).freeze(theta, batch_size=2)
+    assert cost == CLASSES * 3  # ⌈5 / 2⌉ batches, one per-example gradient per class
+    dense = FisherMetric(fmodel, inputs).at(theta).dense()
+    v = torch.randn(len(theta), dtype=torch.float64)
+    assert torch.allclose(frozen.mvp(theta + 1.0, v), dense.diagonal() * v, rtol=1e-10)  # constant in θ
+    assert build_metric("output", fmodel, inputs).freeze(theta, 2) is None

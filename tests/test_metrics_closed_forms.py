@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weightgeo.applications.continual.geodesic import FrozenDiagonal
 from weightgeo.functional import FunctionalModel
 from weightgeo.metrics import Euclidean, LowRankMetric, OutputMetric
+from weightgeo.metrics.diagonal_fisher import FrozenDiagonal
 from weightgeo.metrics.resampled import ResampledMetric
 
 

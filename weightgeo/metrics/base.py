@@ -267,6 +267,17 @@ class Metric(ABC):
         """The n×n matrix G(θ) (small models and tests only)."""
         return self.at(theta).dense()
 
+    def freeze(self, theta: Tensor, batch_size: int) -> tuple[Metric, int] | None:
+        """G(θ) frozen exactly as a constant metric, and its cost in gradient evaluations of
+        ``batch_size`` examples, where the metric has a cheap exact frozen form (the diagonal
+        Fisher: its diagonal); None by default, and a solver then factorises G (K-FAC, Nyström).
+
+        Args:
+            theta: the point at which G is frozen.
+            batch_size: the examples one gradient evaluation covers (the cost's unit).
+        """
+        return None
+
     def with_inputs(self, inputs: Tensor) -> Metric:
         """The same metric evaluated on another batch of inputs."""
         if self.inputs is None:

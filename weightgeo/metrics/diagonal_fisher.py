@@ -9,6 +9,8 @@ that vmap cannot batch (RNNs) takes a loop over examples instead (same numbers, 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.func import jacrev, vmap
@@ -16,7 +18,7 @@ from torch.func import jacrev, vmap
 from weightgeo import distributed
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, as_functional
-from weightgeo.metrics.base import Metric, MetricOperator, Solution
+from weightgeo.metrics.base import ConstantMetric, Metric, MetricOperator, Solution
 from weightgeo.metrics.derivatives import differentiated, explain_missing_derivatives
 
 
@@ -54,6 +56,20 @@ class DiagonalOperator(MetricOperator):
         return self.diag
 
 
+class FrozenDiagonal(ConstantMetric):
+    """G = diag(d) for a fixed vector d (the diagonal Fisher frozen at one θ): products are
+    elementwise and the damped solve is exact."""
+
+    def __init__(self, diag: Tensor) -> None:
+        self.diag = diag
+
+    def at(self, theta: Tensor) -> DiagonalOperator:
+        return DiagonalOperator(self, theta, self.diag)
+
+    def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
+        return self.diag * v if v.dim() == 1 else self.diag[:, None] * v
+
+
 class DiagonalFisher(Metric):
     """G = diag of the Fisher information of the softmax (or of the empirical Fisher).
 
@@ -88,6 +104,13 @@ class DiagonalFisher(Metric):
         other = DiagonalFisher(self.model, inputs, targets, self.chunk_size)
         other.vectorised = self.vectorised
         return other
+
+    def freeze(self, theta: Tensor, batch_size: int) -> tuple[FrozenDiagonal, int]:
+        """diag G(θ) as a constant metric, exact; it costs one per-example gradient per output
+        unit and input: C · ⌈B / batch_size⌉ gradient evaluations."""
+        with torch.no_grad():
+            classes = self.model(theta.detach(), self.inputs[:1]).shape[-1]
+        return FrozenDiagonal(self.diagonal(theta.detach())), classes * math.ceil(len(self.inputs) / batch_size)
 
     def diagonal(self, theta: Tensor) -> Tensor:
         """diag G(θ), computed in chunks of examples (differentiable in θ when differentiated)."""

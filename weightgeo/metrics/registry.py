@@ -67,6 +67,18 @@ def metric_builder(name: str) -> MetricBuilder:
     return builder  # type: ignore[return-value]
 
 
+def freezes_exactly(name: str) -> bool:
+    """Whether the metric called ``name`` is a :class:`Metric` class with its own exact frozen form
+    (it overrides :meth:`Metric.freeze`, as DiagonalFisher does); False for a builder function,
+    whose metric is unknown until built.
+
+    Raises:
+        WeightgeoError: an unknown name or import path.
+    """
+    builder = metric_builder(name)
+    return inspect.isclass(builder) and issubclass(builder, Metric) and builder.freeze is not Metric.freeze
+
+
 def build_metric(name: str, model: nn.Module | FunctionalModel, inputs: Tensor) -> Metric:
     """The metric called ``name`` (a registered name or ``package.module:Name``) for ``model``
     averaged over ``inputs``.

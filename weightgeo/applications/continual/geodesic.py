@@ -17,15 +17,14 @@ metric of a memory of the earlier tasks' inputs (labels unused), at the current 
 - ``traverse``: the core tracer's fixed-length steps (the papers' form; the length ``step_size``
   makes μ's scale irrelevant there).
 
-The diag-fisher metric is frozen as its exact diagonal under kfac and nystrom (one per-example
-gradient per output unit and stored input). ``--refresh K`` rebuilds a frozen metric every K
+A metric with an exact frozen form (:meth:`Metric.freeze`: diag-fisher's diagonal, one per-example
+gradient per output unit and stored input) is frozen as that under kfac and nystrom. ``--refresh K`` rebuilds a frozen metric every K
 steps. ``--anchor S`` adds (S/μ)·D(f(x; θ), f(x; θ₀)) on a memory minibatch (θ₀ the task's start, eval
 mode) to the loss, its gradient preconditioned like the task's (:meth:`Geodesic.anchor_loss`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -36,28 +35,15 @@ from weightgeo.data.streams import RandomSubsets
 from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel, mask_logits
 from weightgeo.manifolds import WeightSpace
-from weightgeo.metrics import ConstantMetric, KroneckerMetric, LowRankMetric, Metric, build_metric
-from weightgeo.metrics.diagonal_fisher import DiagonalOperator
+from weightgeo.metrics import KroneckerMetric, LowRankMetric, Metric, build_metric
 from weightgeo.metrics.kfac import KINDS as KFAC_KINDS
+from weightgeo.metrics.registry import freezes_exactly
 from weightgeo.metrics.resampled import ResampledMetric
 from weightgeo.metrics.scaled import ScaledMetric
 from weightgeo.objectives import TaskLoss
 from weightgeo.optim.loop import FitState
 from weightgeo.paths import output_distance, traverse
 from weightgeo.registry import Registry
-
-
-class FrozenDiagonal(ConstantMetric):
-    """diag(d) frozen at one θ (the diag-fisher metric of the kfac and nystrom solvers)."""
-
-    def __init__(self, diag: Tensor) -> None:
-        self.diag = diag
-
-    def at(self, theta: Tensor) -> DiagonalOperator:
-        return DiagonalOperator(self, theta, self.diag)
-
-    def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
-        return self.diag * v
 
 
 def damped_space(fmodel: FunctionalModel, metric: Metric, mu: float, cg_iters: int = 10) -> WeightSpace:
@@ -91,10 +77,10 @@ class KroneckerSolver(Solver):
     frozen = True
 
     def check_metric(self, name: str) -> None:
-        if name not in (*KFAC_KINDS, "diag-fisher"):
-            raise WeightgeoError(f"--solver kfac factorises the {' or '.join(KFAC_KINDS)} metric (or takes "
-                                 f"diag-fisher's exact diagonal), not {name!r}: use --solver cg, nystrom or "
-                                 "traverse for another metric")
+        if name not in KFAC_KINDS and not freezes_exactly(name):
+            raise WeightgeoError(f"--solver kfac factorises the {' or '.join(KFAC_KINDS)} metric (or takes a "
+                                 f"metric's exact frozen form, as diag-fisher's diagonal), not {name!r}: use "
+                                 "--solver cg, nystrom or traverse for another metric")
 
     def factorise(self, learner, theta, generator):
         metric = KroneckerMetric.build(learner.fmodel, theta, learner.memory.inputs(), learner.settings.metric,
@@ -157,13 +143,11 @@ class Geodesic(Learner):
         return build_metric(self.settings.metric, self.fmodel, inputs)
 
     def frozen_metric(self, theta: Tensor, step: int) -> tuple[Metric, int]:
-        """G_old frozen at θ (the solver's factorisation; diag-fisher: its exact diagonal) and its cost."""
+        """G_old frozen at θ and its cost: the metric's own exact frozen form (:meth:`Metric.freeze`;
+        diag-fisher: its diagonal) where it has one, else the solver's factorisation."""
         generator = torch.Generator().manual_seed(self.seed * 1000 + 77 + len(self.memory) + step)
-        inputs = self.memory.inputs()
-        if self.settings.metric == "diag-fisher":  # exact already: one per-example gradient per unit and input
-            diagonal = FrozenDiagonal(self.metric_on(inputs).diagonal(theta.detach()))
-            return diagonal, self.seq.num_outputs * math.ceil(len(inputs) / self.settings.batch_size)
-        return self.solver.factorise(self, theta, generator)
+        frozen = self.metric_on(self.memory.inputs()).freeze(theta, self.settings.batch_size)
+        return frozen if frozen is not None else self.solver.factorise(self, theta, generator)
 
     def scaled(self, metric: Metric) -> WeightSpace:
         """The space under G/μ with damping 1: its Riemannian gradient is μ(G + μI)⁻¹g."""
