@@ -286,6 +286,25 @@ def test_relax_method_task_weight_lowers_the_loss_at_its_nodes():
     assert max(with_task) < 0.85 * min(energy_only)
 
 
+def test_relax_method_image_objective_moves_the_nodes_outputs_onto_the_logit_segment():
+    # --relax-objective image: each node's logits fitted to (1 − t_k) f_a + t_k f_b, so the misfit on the
+    # training inputs falls well below the straight line's; the other relax settings reach the tracer too.
+    s = _setting("output", task_weight=0.0, budget=800, nodes=3, relax_lr=0.01, relax_objective="image",
+                 relax_damping=1e-4, relax_optimizer="adam")
+    result = run_method("relax", s)
+    t = torch.linspace(0, 1, 5)[1:-1]
+    f_a, f_b = s.model(s.theta_a, s.train.x), s.model(s.theta_b, s.train.x)
+
+    def misfit(nodes):
+        return sum(float((s.model(w, s.train.x) - ((1 - tk) * f_a + tk * f_b)).square().sum(-1).mean())
+                   for w, tk in zip(nodes, t, strict=True))
+
+    line = s.theta_a + t[:, None] * (s.theta_b - s.theta_a)
+    assert misfit(result.curve.vertices[1:-1]) < 0.5 * misfit(line)
+    assert (result.path.meta["objective"], result.path.meta["damping"], result.path.meta["optimizer"]) == (
+        "image", 1e-4, "adam")
+
+
 def test_connect_reports_each_path_length_under_its_metric():
     """metric_length is the sum of the metric distances between consecutive evaluated points."""
     s = _setting()

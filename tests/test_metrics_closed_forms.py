@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from weightgeo.functional import FunctionalModel
-from weightgeo.metrics import Euclidean, LowRankMetric, OutputMetric
+from weightgeo.metrics import Euclidean, FisherMetric, LowRankMetric, OutputMetric
 from weightgeo.metrics.diagonal_fisher import FrozenDiagonal
 from weightgeo.metrics.resampled import ResampledMetric
 
@@ -59,3 +59,47 @@ def test_a_resampled_metric_reads_the_inputs_of_labelled_batches():
     base = OutputMetric(fmodel, torch.randn(4, 3, dtype=torch.float64))
     labelled = ResampledMetric(base, [(x, y)]).at(theta) @ v
     assert torch.allclose(labelled, OutputMetric(fmodel, x).mvp(theta, v), rtol=1e-10, atol=1e-12)
+
+
+# -- the output-space geodesics of the pull-back metrics (relax's image objective) ----------------
+def _logit_pair():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(7, 4, dtype=torch.float64, generator=g), 3 * torch.randn(7, 4, dtype=torch.float64, generator=g)
+
+
+def test_the_output_metrics_output_geodesic_is_the_logits_straight_segment():
+    a, b = _logit_pair()
+    metric = OutputMetric(nn.Linear(2, 4), torch.zeros(1, 2))
+    t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    curve = metric.output_geodesic(a, b, t)
+    assert curve.shape == (3, 7, 4)
+    assert torch.allclose(curve[0], a) and torch.allclose(curve[2], b)
+    assert torch.allclose(curve[1], 0.75 * a + 0.25 * b, rtol=1e-14)
+
+
+def test_the_fisher_metrics_output_geodesic_is_the_great_circle_of_root_p_at_constant_speed():
+    # r = √p on the unit sphere: r(t) has unit norm, ⟨r(t), r_a⟩ = cos(tω), ⟨r(t), r_b⟩ = cos((1 − t)ω),
+    # and its softmax is r(t)² (the logits are 2 log r up to a constant).
+    a, b = _logit_pair()
+    metric = FisherMetric(nn.Linear(2, 4), torch.zeros(1, 2))
+    t = torch.tensor([0.0, 0.3, 0.5, 1.0], dtype=torch.float64)
+    curve = metric.output_geodesic(a, b, t)
+    r_a, r_b = a.softmax(-1).sqrt(), b.softmax(-1).sqrt()
+    omega = (r_a * r_b).sum(-1).clamp(-1, 1).acos()
+    r = curve.softmax(-1).sqrt()
+    assert torch.allclose(r.norm(dim=-1), torch.ones(4, 7, dtype=torch.float64), rtol=1e-12)
+    for k, tk in enumerate(t.tolist()):
+        assert torch.allclose((r[k] * r_a).sum(-1), torch.cos(tk * omega), atol=1e-10)
+        assert torch.allclose((r[k] * r_b).sum(-1), torch.cos((1 - tk) * omega), atol=1e-10)
+    same = metric.output_geodesic(a, a, t)  # ω = 0: the constant curve, not 0/0
+    assert torch.allclose(same.softmax(-1), a.softmax(-1).expand(4, -1, -1), rtol=1e-10)
+
+
+def test_paired_distances_are_the_output_distances_of_each_pair():
+    a, b = _logit_pair()
+    outputs, targets = torch.stack([a, b, a]), torch.stack([b, b, 2 * a])
+    for metric in (OutputMetric(nn.Linear(2, 4), torch.zeros(1, 2)), FisherMetric(nn.Linear(2, 4), torch.zeros(1, 2))):
+        paired = metric.paired_distances(outputs, targets)
+        expected = torch.stack([metric.output_distances(torch.stack([o, g]))[0] for o, g in zip(outputs, targets)])
+        assert paired.shape == (3,) and torch.allclose(paired, expected, rtol=1e-14)
+        assert float(paired[1]) == 0.0

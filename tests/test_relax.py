@@ -223,3 +223,84 @@ def test_masked_relax_keeps_every_node_in_the_subspace():
     nodes = _nodes(path)
     assert torch.all(nodes[:, mask == 0] == 0)
     assert float((nodes[1:-1] - bent * mask).norm()) > 1e-4  # the free coordinates moved
+
+
+def test_damped_relax_energy_is_the_energy_under_g_plus_lambda_identity():
+    # (K + 1) Σ_k Δθ_kᵀ (G(θ̄_k) + λI) Δθ_k against the dense warped metric, in float64.
+    from weightgeo.paths.relax import PathEnergy
+
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    space, lam, nodes = WeightSpace(fm, _Warped()), 0.37, 3
+    z = theta_a + torch.rand(nodes, 1, dtype=torch.float64) * (theta_b - theta_a)
+    z = z + 0.1 * torch.randn(nodes, fm.n, dtype=torch.float64)
+    loss = PathEnergy(space, theta_a, theta_b, nodes, task_weight=0.0, normalize=False, damping=lam)
+    full = torch.cat([theta_a[None], z, theta_b[None]])
+    expected = 0.0
+    for k in range(nodes + 1):
+        d, middle = full[k + 1] - full[k], 0.5 * (full[k + 1] + full[k])
+        expected += float(d @ (_Warped().dense(middle) + lam * torch.eye(fm.n, dtype=torch.float64)) @ d)
+    assert float(loss(z, (None, None))) == pytest.approx((nodes + 1) * expected, rel=1e-10)
+
+
+def test_damping_holds_the_relaxed_path_near_the_straight_line():
+    # Under the warped metric relax bends away from the line; the damped energy's minimiser tends to
+    # the line as λ grows (G + λI → λI up to scale), and a negative λ is refused.
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    space = WeightSpace(fm, _Warped())
+    line = theta_a + torch.linspace(0, 1, 5, dtype=torch.float64)[1:-1, None] * (theta_b - theta_a)
+
+    def bend(lam):
+        path = relax(space, theta_a, theta_b, nodes=3, steps=150, lr=1e-2, normalize=False, damping=lam)
+        return float((_nodes(path)[1:-1] - line).norm())
+
+    free, damped = bend(0.0), bend(100.0)
+    assert free > 0.05 and damped < 0.2 * free
+    with pytest.raises(WeightgeoError, match="damping must be ≥ 0"):
+        relax(space, theta_a, theta_b, nodes=1, damping=-1.0)
+
+
+def test_the_image_objective_reaches_the_constant_speed_line_of_a_model_linear_in_theta():
+    # f(x; W) = W x with x of full column rank: the logits' straight segment is realised by exactly one
+    # node per t_k, θ_a + t_k (θ_b − θ_a), so from a bent start the image fit must land there (float64),
+    # and its loss there is zero.
+    fm, x, theta_a, theta_b, bent = _linear_case()
+    space = WeightSpace(fm, OutputMetric(fm, x))
+    path = relax(space, theta_a, theta_b, nodes=3, init=bent, objective="image", steps=400, lr=0.05,
+                 normalize=False)
+    line = theta_a + torch.linspace(0, 1, 5, dtype=torch.float64)[1:-1, None] * (theta_b - theta_a)
+    assert float((bent - line).norm()) > 0.5
+    assert torch.allclose(_nodes(path)[1:-1], line, atol=1e-3)
+    assert path.meta["objective"] == "image"
+
+
+def test_the_image_objective_refuses_a_metric_without_an_output_geodesic():
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    with pytest.raises(WeightgeoError, match="image objective needs a metric pulled back from the outputs"):
+        relax(WeightSpace(fm, _Warped()), theta_a, theta_b, nodes=2, steps=1, objective="image")
+    with pytest.raises(WeightgeoError, match="takes no reparametrize_every"):
+        relax(WeightSpace(fm, _Warped()), theta_a, theta_b, nodes=2, objective="image", reparametrize_every=5)
+    with pytest.raises(WeightgeoError, match="objective must be one of energy, image"):
+        relax(WeightSpace(fm, _Warped()), theta_a, theta_b, nodes=2, objective="shape")
+
+
+def test_the_image_objective_converges_where_the_energy_crawls_along_a_long_chain():
+    # Same minimisers (the constant-speed line of a model linear in θ), different conditioning: with
+    # K = 15 nodes and 40 plain gradient steps, the image fit closes 94% of the gap to the line, the
+    # energy (whose gradient couples neighbours only) closes 61% at lr 3e-3, near its stability edge
+    # (lr 0.01 diverges).
+    fm, x, theta_a, theta_b, _ = _linear_case()
+    nodes = 15
+    line = theta_a + torch.linspace(0, 1, nodes + 2, dtype=torch.float64)[1:-1, None] * (theta_b - theta_a)
+    bent = line + 0.3 * torch.randn(nodes, fm.n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    space = WeightSpace(fm, OutputMetric(fm, x))
+
+    def gap(objective, lr):
+        path = relax(space, theta_a, theta_b, nodes=nodes, init=bent, objective=objective, steps=40, lr=lr,
+                     optimizer="sgd", momentum=0.0, normalize=False)
+        return float((_nodes(path)[1:-1] - line).norm() / (bent - line).norm())
+
+    assert gap("image", 0.01) < 0.1
+    assert gap("energy", 3e-3) > 0.3

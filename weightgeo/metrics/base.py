@@ -267,6 +267,17 @@ class Metric(ABC):
         """The n×n matrix G(θ) (small models and tests only)."""
         return self.at(theta).dense()
 
+    def output_geodesic(self, start: Tensor, end: Tensor, t: Tensor) -> Tensor | None:
+        """The outputs along the geodesic of the output space's metric from the outputs ``start``
+        to ``end`` (B×C logits each) at the fractions ``t`` (K values): K×B×C logits, for a metric
+        pulled back from the outputs whose output-space geodesics are known in closed form; None
+        for any other metric (the default).
+
+        A discrete geodesic under a pull-back metric maps onto this curve wherever the network
+        can realise it, which ``relax(objective="image")`` fits directly.
+        """
+        return None
+
     def freeze(self, theta: Tensor, batch_size: int) -> tuple[Metric, int] | None:
         """G(θ) frozen exactly as a constant metric, and its cost in gradient evaluations of
         ``batch_size`` examples, where the metric has a cheap exact frozen form (the diagonal

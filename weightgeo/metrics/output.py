@@ -6,6 +6,7 @@ logits caused by a step dθ (Raghavan & Thomson 2021, §2).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from weightgeo.metrics.pullback import PullbackMetric
@@ -20,3 +21,9 @@ class OutputMetric(PullbackMetric):
     def output_distances(self, outputs: Tensor) -> Tensor:
         """mean_x ||f(x; θ_{k+1}) − f(x; θ_k)||², which is Δθᵀ G Δθ to second order."""
         return (outputs[1:] - outputs[:-1]).square().sum(-1).mean(-1)
+
+    def output_geodesic(self, start: Tensor, end: Tensor, t: Tensor) -> Tensor:
+        """The output space is flat (H = I): its geodesic is the straight segment of the logits,
+        (1 − t) f_a + t f_b (the logit average of the two networks at every t)."""
+        t = torch.as_tensor(t, dtype=start.dtype, device=start.device).reshape(-1, *([1] * start.dim()))
+        return start + t * (end - start)

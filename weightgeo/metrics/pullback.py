@@ -188,6 +188,12 @@ class PullbackMetric(Metric):
         """Squared distances between consecutive rows of ``outputs`` (N×B×C logits), averaged
         over the batch: N − 1 values, each Δθᵀ G Δθ to second order."""
 
+    def paired_distances(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The output-space squared distance of ``outputs[k]`` to ``targets[k]`` (K×B×C logits
+        each), averaged over the batch: K values, by :meth:`output_distances` on the interleaved
+        rows."""
+        return self.output_distances(torch.stack([outputs, targets], 1).flatten(0, 1))[0::2]
+
     def segment_energies(self, points: Tensor) -> Tensor:
         """d²(θ_k, θ_{k+1}) from the outputs at all points in one batched pass (no Jacobian)."""
         return self.output_distances(self.model.stacked()(points, self.local_inputs))

@@ -5,11 +5,23 @@ The path from θ_a to θ_b is a polyline through K interior nodes θ_1 … θ_K 
 
     E = (K + 1) Σ_k d²(θ_k, θ_{k+1}),
 
-whose minimisers are discrete geodesics at constant speed. d² is the metric's own
+whose minimisers are discrete geodesics at constant speed (with ``damping`` λ: of G + λI,
+d² + λ||Δθ||², a geodesic held nearer the straight line where G is blind). d² is the metric's own
 ``segment_energies`` (any metric: by default Δθᵀ G(θ̄) Δθ from products at the midpoints;
 the pull-back metrics give it as a distance between the network's outputs, with no Jacobian —
 mean_x ||Δf||² for the output metric, 8 × the squared Hellinger distance for the Fisher metric —
 evaluated at all nodes in one vmapped pass).
+
+With ``objective="image"`` the nodes are fitted instead to the image of the geodesic in the
+output space, for a metric pulled back from the outputs (``Metric.output_geodesic``: the logits'
+straight segment for the output metric, the great circle of √p for the Fisher metric):
+
+    I = (K + 1) Σ_k d²_out(f(θ_k), γ(t_k)),   t_k = k / (K + 1),
+
+where γ joins f(θ_a) and f(θ_b) on each batch. Wherever the network can realise γ, the minimisers
+of E are the nodes whose outputs lie on γ at constant speed, the minimisers of I; but E couples
+neighbours only (its gradient spreads along the chain like heat, a condition number of order K²),
+while I pulls every node towards its own target at once. No labels are needed.
 
 Optionally the task loss at the nodes is added (``task=``, weight ``task_weight``): the
 energy keeps the path short in function space, the loss keeps every node accurate. The nodes
@@ -31,6 +43,7 @@ from weightgeo import distributed
 from weightgeo.data.streams import Stream, stream
 from weightgeo.errors import WeightgeoError
 from weightgeo.manifolds.weight_space import WeightSpace
+from weightgeo.metrics.base import Metric
 from weightgeo.optim.loop import OptimizerSpec, fit
 from weightgeo.paths.path import Path
 from weightgeo.rundir import load_tensors, save_tensors
@@ -110,14 +123,28 @@ class RelaxBatches(Stream):
                 part.load_state_dict(state[name])
 
 
+OBJECTIVES = ("energy", "image")
+"""relax's objectives: the discrete path energy E, or the fit I to the output-space geodesic."""
+
+
+def no_output_geodesic(metric: Metric) -> str:
+    return (f"relax's image objective needs a metric pulled back from the outputs with a closed-form output "
+            f"geodesic (output, fisher), not {type(metric).__name__}: use objective='energy'")
+
+
 class PathEnergy:
-    """relax's loss over the interior nodes z: E(z) (divided by the straight line's, with
+    """relax's loss over the interior nodes z: E(z) or I(z) (divided by the straight line's, with
     ``normalize``) plus ``task_weight`` × the mean cross-entropy at the nodes."""
 
     def __init__(self, space: WeightSpace, theta_a: Tensor, theta_b: Tensor, nodes: int,
-                 task_weight: float, normalize: bool) -> None:
+                 task_weight: float, normalize: bool, damping: float = 0.0, objective: str = "energy") -> None:
+        if objective not in OBJECTIVES:
+            raise WeightgeoError(f"relax's objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         self.space, self.theta_a, self.theta_b, self.nodes = space, theta_a, theta_b, nodes
-        self.task_weight, self.normalize = task_weight, normalize
+        self.task_weight, self.normalize, self.damping = task_weight, normalize, damping
+        self.objective = objective
+        if objective == "image" and type(space.metric).output_geodesic is Metric.output_geodesic:
+            raise WeightgeoError(no_output_geodesic(space.metric))
         self.scale: Tensor | None = None
         self.last: dict[str, Tensor] = {}
 
@@ -125,7 +152,25 @@ class PathEnergy:
         return torch.cat([self.theta_a[None], self.space.projx(z), self.theta_b[None]])
 
     def energy(self, full: Tensor, x: Tensor | None) -> Tensor:
-        return (self.nodes + 1) * self.space.segment_energies(full, x).sum()
+        """(K + 1) Σ_k [d²(θ_k, θ_{k+1}) + λ||θ_{k+1} − θ_k||²] (the energy under G + λI), or with
+        the image objective (K + 1) Σ_k [d²_out(f(θ_k), γ(t_k)) + λ||θ_{k+1} − θ_k||²]."""
+        if self.objective == "image":
+            terms = self.image_distances(full, x).sum()
+        else:
+            terms = self.space.segment_energies(full, x).sum()
+        if self.damping:
+            terms = terms + self.damping * (full[1:] - full[:-1]).square().sum()
+        return (self.nodes + 1) * terms
+
+    def image_distances(self, full: Tensor, x: Tensor | None) -> Tensor:
+        """d²_out(f(θ_k), γ(t_k)) for the K interior nodes, on this rank's shard of the batch."""
+        metric = self.space.metric if x is None else self.space.metric.with_inputs(x)
+        outputs = self.space.model.stacked()(self.space.projx(full), metric.local_inputs)
+        t = torch.linspace(0, 1, self.nodes + 2, dtype=outputs.dtype, device=outputs.device)[1:-1]
+        targets = metric.output_geodesic(outputs[0].detach(), outputs[-1].detach(), t)
+        if targets is None:
+            raise WeightgeoError(no_output_geodesic(metric))
+        return metric.paired_distances(outputs[1:-1], targets)
 
     def __call__(self, z: Tensor, batch: tuple) -> Tensor:
         x, task = batch
@@ -137,7 +182,9 @@ class PathEnergy:
                 line = self.theta_a + t * (self.theta_b - self.theta_a)
                 # the same constant on every rank: the line's energy over the whole batch
                 line_energy = distributed.average(self.energy(line, x), distributed.batch_size(batch))
-                self.scale = line_energy.clamp_min(torch.finfo(z.dtype).tiny)
+                # a line with no energy (a model linear in θ under the image objective): no scaling
+                self.scale = torch.where(line_energy > torch.finfo(z.dtype).tiny, line_energy,
+                                         torch.ones_like(line_energy))
         total = energy / self.scale if self.normalize else energy
         task_loss = torch.zeros((), dtype=z.dtype, device=z.device)
         if task is not None:
@@ -166,6 +213,8 @@ def relax(
     task: tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]] | Stream | None = None,
     task_weight: float = 1.0,
     normalize: bool = True,
+    damping: float = 0.0,
+    objective: Literal["energy", "image"] = "energy",
     steps: int = 200,
     lr: float = 1e-3,
     optimizer: Literal["adam", "sgd"] = "adam",
@@ -197,6 +246,11 @@ def relax(
         normalize: divide the energy by the straight line's energy on the first batch (a
             constant), so ``task_weight`` is relative: E/E_line + w·CE. The minimiser of the
             energy alone does not change.
+        damping: λ ≥ 0, the energy under G + λI: each segment adds λ||Δθ||² (free: no network
+            pass), so directions the metric does not see are no longer free to wander.
+        objective: "energy" (the path energy E) or "image" (each node's outputs fitted to the
+            output-space geodesic between the endpoints' outputs: the same minimisers where the
+            network can realise it, reached faster; a pull-back metric with ``output_geodesic``).
         steps: optimiser steps; ``budget`` (gradient evaluations) may stop it earlier.
         lr, optimizer, momentum: "adam" (default) or "sgd" (with ``momentum``), constant rate.
         reparametrize_every: every this many steps, move the nodes to equal metric arc
@@ -220,13 +274,17 @@ def relax(
         raise WeightgeoError(f"relax needs at least one interior node, got nodes={nodes!r}")
     if not isinstance(steps, int) or steps < 0:
         raise WeightgeoError(f"steps must be a whole number ≥ 0, got {steps!r}")
+    if not damping >= 0:
+        raise WeightgeoError(f"relax's damping must be ≥ 0, got {damping!r}")
+    if objective == "image" and reparametrize_every:
+        raise WeightgeoError("relax's image objective fixes each node's fraction t_k: it takes no reparametrize_every")
     spec = OptimizerSpec(optimizer, lr=lr, momentum=momentum if optimizer == "sgd" else 0.0,
                          schedule="constant")
     theta_a, theta_b = space.projx(theta_a.detach()), space.projx(theta_b.detach())
     space.check(theta_a)
     space.check(theta_b)
     batches = RelaxBatches(None if inputs is None else stream(inputs), None if task is None else stream(task))
-    loss = PathEnergy(space, theta_a, theta_b, nodes, task_weight, normalize)
+    loss = PathEnergy(space, theta_a, theta_b, nodes, task_weight, normalize, damping, objective)
     cost = space.metric.energy_cost(nodes + 1)
     if task is not None and (inputs is not None or cost == 0):
         cost += nodes  # the task loss on inputs of its own: one gradient per interior node
@@ -242,7 +300,9 @@ def relax(
     def reparametrize(state) -> None:
         with torch.no_grad():
             full = loss.polyline(state.param)
-            lengths = space.segment_energies(full, loss.last["x"]).clamp_min(0).sqrt()
+            energies = space.segment_energies(full, loss.last["x"])
+            energies = energies + damping * (full[1:] - full[:-1]).square().sum(1)
+            lengths = energies.clamp_min(0).sqrt()
             state.param.copy_(resample_polyline(full, lengths, nodes + 2)[0][1:-1])
         state.optimizer.state.clear()  # restart the optimiser's moments at the new nodes
 
@@ -261,7 +321,8 @@ def relax(
         lengths = space.segment_lengths(full, loss.last.get("x"))
     path = Path(theta_a, directory=directory, save_every=1, meta={
         "tracer": "relax", "metric": type(space.metric).__name__, "nodes": nodes, "steps": steps, "lr": lr,
-        "optimizer": optimizer, "task_weight": task_weight, "normalize": normalize,
+        "optimizer": optimizer, "task_weight": task_weight, "normalize": normalize, "damping": damping,
+        "objective": objective,
         "line_energy": None if loss.scale is None else float(loss.scale), "with_task_loss": task is not None,
         "reparametrize_every": reparametrize_every, "history": history,
     })

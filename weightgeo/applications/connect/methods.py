@@ -79,8 +79,9 @@ def method_relax(task: ConnectTask, name: str = "relax") -> MethodResult:
     minibatches = task.minibatches(offset=3, labelled=labelled)
     path = relax(
         task.space(), task.theta_a, task.theta_b, nodes=s.nodes, task=minibatches if labelled else None,
-        inputs=None if labelled else minibatches, task_weight=s.task_weight,
-        steps=max(0, s.budget // (s.nodes + 1)), lr=s.relax_lr, budget=s.budget,
+        inputs=None if labelled else minibatches, task_weight=s.task_weight, damping=s.relax_damping,
+        objective=s.relax_objective,
+        steps=max(0, s.budget // (s.nodes + 1)), lr=s.relax_lr, optimizer=s.relax_optimizer, budget=s.budget,
         directory=task.directory(name), checkpoint_every=s.checkpoint_every, resume=True,
         progress=task.progress,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from weightgeo.applications.connect.methods import DEFAULT_METHODS, METHODS
 from weightgeo.errors import WeightgeoError
 from weightgeo.metrics.registry import METRIC_HELP, metric_builder
+from weightgeo.paths.relax import OBJECTIVES
 from weightgeo.settings import Settings, setting
 
 LARGE_NETWORK = 5_000_000
@@ -47,7 +48,14 @@ class ConnectSettings(Settings):
                                   "||θ − θ_b|| / ||θ_b − θ_a||, so the walk's objective is least at θ_b "
                                   "(--no-traverse-fade: a constant weight, least short of θ_b).")
     train_eval: bool = setting(True, "Also evaluate the training loss and accuracy at every point.")
-    relax_lr: float = setting(1e-3, "Adam learning rate of relax.", above=0)
+    relax_lr: float = setting(1e-3, "Learning rate of relax's optimiser.", above=0)
+    relax_objective: str = setting("energy", "relax: minimise the path energy (energy), or fit every node's "
+                                   "outputs to the output-space geodesic between the ends' outputs (image: "
+                                   "output and fisher metrics).", choices=OBJECTIVES)
+    relax_optimizer: str = setting("adam", "relax's optimiser: adam, or sgd (momentum 0.9).",
+                                   choices=("adam", "sgd"))
+    relax_damping: float = setting(0.0, "relax: λ, the path energy under G + λI (each segment adds λ||Δθ||², "
+                                   "holding the path nearer the straight line where G is blind).", min=0)
     curve_lr: float = setting(0.05, "SGD learning rate of the Bezier and polygonal-chain bends (Garipov: 0.015 "
                               "for VGG16).", above=0)
     weight_decay: float = setting(5e-4, "Weight decay on the curve's point w(t) (Bezier, polychain).", min=0)
