@@ -276,13 +276,17 @@ def test_relax_method_shortens_the_path_under_its_metric():
     torch.testing.assert_close(relaxed[-1], s.theta_b)
 
 
-def test_relax_method_task_weight_lowers_the_loss_at_its_nodes():
+@pytest.mark.parametrize(("objective", "weight"), [("energy", 20.0), ("image", 200.0)])
+def test_relax_method_task_weight_lowers_the_loss_at_its_nodes(objective, weight):
+    # The weight is relative to the straight line's energy or image misfit, which differ: the line is
+    # nearer its image (a small divisor), so the image objective needs a larger weight for the same pull.
     def node_losses(task_weight):
-        s = _setting("output", task_weight=task_weight, budget=400, nodes=3, relax_lr=0.01)
+        s = _setting("output", task_weight=task_weight, budget=400, nodes=3, relax_lr=0.01,
+                     relax_objective=objective)
         nodes = run_method("relax", s).curve.vertices[1:-1]
         return [float(F.cross_entropy(s.model(w, s.train.x), s.train.y)) for w in nodes]
 
-    energy_only, with_task = node_losses(0.0), node_losses(20.0)
+    energy_only, with_task = node_losses(0.0), node_losses(weight)
     assert max(with_task) < 0.85 * min(energy_only)
 
 

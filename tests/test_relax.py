@@ -281,7 +281,8 @@ def test_the_image_objective_refuses_a_metric_without_an_output_geodesic():
     with pytest.raises(WeightgeoError, match="image objective needs a metric pulled back from the outputs"):
         relax(WeightSpace(fm, _Warped()), theta_a, theta_b, nodes=2, steps=1, objective="image")
     with pytest.raises(WeightgeoError, match="takes no reparametrize_every"):
-        relax(WeightSpace(fm, _Warped()), theta_a, theta_b, nodes=2, objective="image", reparametrize_every=5)
+        relax(WeightSpace(fm, OutputMetric(fm, torch.randn(4, 4, dtype=torch.float64))), theta_a, theta_b,
+              nodes=2, objective="image", reparametrize_every=5)
     with pytest.raises(WeightgeoError, match="objective must be one of energy, image"):
         relax(WeightSpace(fm, _Warped()), theta_a, theta_b, nodes=2, objective="shape")
 
@@ -304,3 +305,11 @@ def test_the_image_objective_converges_where_the_energy_crawls_along_a_long_chai
 
     assert gap("image", 0.01) < 0.1
     assert gap("energy", 3e-3) > 0.3
+
+
+def test_the_auto_objective_fits_the_image_where_the_metric_has_one_and_the_energy_elsewhere():
+    fm, x, theta_a, theta_b, bent = _linear_case()
+    chosen = {type(metric).__name__: relax(WeightSpace(fm, metric), theta_a, theta_b, nodes=2, steps=2,
+                                           objective="auto").meta["objective"]
+              for metric in (OutputMetric(fm, x), FisherMetric(fm, x), _Warped())}
+    assert chosen == {"OutputMetric": "image", "FisherMetric": "image", "_Warped": "energy"}

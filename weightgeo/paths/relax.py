@@ -123,8 +123,15 @@ class RelaxBatches(Stream):
                 part.load_state_dict(state[name])
 
 
-OBJECTIVES = ("energy", "image")
-"""relax's objectives: the discrete path energy E, or the fit I to the output-space geodesic."""
+OBJECTIVES = ("energy", "image", "auto")
+"""relax's objectives: the discrete path energy E, the fit I to the output-space geodesic, or auto
+(I where the metric has an output geodesic, else E)."""
+
+
+def has_output_geodesic(metric: Metric) -> bool:
+    """Whether the metric overrides :meth:`Metric.output_geodesic` (a pull-back metric with a
+    closed-form output geodesic: output, fisher, or a user's)."""
+    return type(metric).output_geodesic is not Metric.output_geodesic
 
 
 def no_output_geodesic(metric: Metric) -> str:
@@ -142,9 +149,11 @@ class PathEnergy:
             raise WeightgeoError(f"relax's objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         self.space, self.theta_a, self.theta_b, self.nodes = space, theta_a, theta_b, nodes
         self.task_weight, self.normalize, self.damping = task_weight, normalize, damping
-        self.objective = objective
-        if objective == "image" and type(space.metric).output_geodesic is Metric.output_geodesic:
+        if objective == "auto":
+            objective = "image" if has_output_geodesic(space.metric) else "energy"
+        if objective == "image" and not has_output_geodesic(space.metric):
             raise WeightgeoError(no_output_geodesic(space.metric))
+        self.objective = objective
         self.scale: Tensor | None = None
         self.last: dict[str, Tensor] = {}
 
@@ -214,7 +223,7 @@ def relax(
     task_weight: float = 1.0,
     normalize: bool = True,
     damping: float = 0.0,
-    objective: Literal["energy", "image"] = "energy",
+    objective: Literal["energy", "image", "auto"] = "energy",
     steps: int = 200,
     lr: float = 1e-3,
     optimizer: Literal["adam", "sgd"] = "adam",
@@ -250,7 +259,8 @@ def relax(
             pass), so directions the metric does not see are no longer free to wander.
         objective: "energy" (the path energy E) or "image" (each node's outputs fitted to the
             output-space geodesic between the endpoints' outputs: the same minimisers where the
-            network can realise it, reached faster; a pull-back metric with ``output_geodesic``).
+            network can realise it, reached faster; a pull-back metric with ``output_geodesic``),
+            or "auto" (image where the metric has an output geodesic, else energy).
         steps: optimiser steps; ``budget`` (gradient evaluations) may stop it earlier.
         lr, optimizer, momentum: "adam" (default) or "sgd" (with ``momentum``), constant rate.
         reparametrize_every: every this many steps, move the nodes to equal metric arc
@@ -276,7 +286,8 @@ def relax(
         raise WeightgeoError(f"steps must be a whole number ≥ 0, got {steps!r}")
     if not damping >= 0:
         raise WeightgeoError(f"relax's damping must be ≥ 0, got {damping!r}")
-    if objective == "image" and reparametrize_every:
+    loss = PathEnergy(space, theta_a, theta_b, nodes, task_weight, normalize, damping, objective)
+    if loss.objective == "image" and reparametrize_every:
         raise WeightgeoError("relax's image objective fixes each node's fraction t_k: it takes no reparametrize_every")
     spec = OptimizerSpec(optimizer, lr=lr, momentum=momentum if optimizer == "sgd" else 0.0,
                          schedule="constant")
@@ -284,7 +295,6 @@ def relax(
     space.check(theta_a)
     space.check(theta_b)
     batches = RelaxBatches(None if inputs is None else stream(inputs), None if task is None else stream(task))
-    loss = PathEnergy(space, theta_a, theta_b, nodes, task_weight, normalize, damping, objective)
     cost = space.metric.energy_cost(nodes + 1)
     if task is not None and (inputs is not None or cost == 0):
         cost += nodes  # the task loss on inputs of its own: one gradient per interior node
@@ -322,7 +332,7 @@ def relax(
     path = Path(theta_a, directory=directory, save_every=1, meta={
         "tracer": "relax", "metric": type(space.metric).__name__, "nodes": nodes, "steps": steps, "lr": lr,
         "optimizer": optimizer, "task_weight": task_weight, "normalize": normalize, "damping": damping,
-        "objective": objective,
+        "objective": loss.objective,
         "line_energy": None if loss.scale is None else float(loss.scale), "with_task_loss": task is not None,
         "reparametrize_every": reparametrize_every, "history": history,
     })

@@ -35,7 +35,7 @@ class ConnectSettings(Settings):
     """What ``weightgeo connect`` does: the methods, their budget and settings, the evaluation."""
 
     method: tuple[str, ...] = setting(DEFAULT_METHODS, "Comma-separated methods.", choices=METHODS)
-    nodes: int = setting(16, "Interior nodes of the relaxed path.", min=1)
+    nodes: int = setting(8, "Interior nodes of the relaxed path.", min=1)
     budget: int = setting(3000, "Gradient evaluations for each method that trains (traverse, relax, bezier, "
                           "polychain).", min=1)
     points: int = setting(61, "Points evaluated along each path, evenly spaced by arc length.", min=3)
@@ -49,9 +49,10 @@ class ConnectSettings(Settings):
                                   "(--no-traverse-fade: a constant weight, least short of θ_b).")
     train_eval: bool = setting(True, "Also evaluate the training loss and accuracy at every point.")
     relax_lr: float = setting(1e-3, "Learning rate of relax's optimiser.", above=0)
-    relax_objective: str = setting("energy", "relax: minimise the path energy (energy), or fit every node's "
+    relax_objective: str = setting("auto", "relax: minimise the path energy (energy), or fit every node's "
                                    "outputs to the output-space geodesic between the ends' outputs (image: "
-                                   "output and fisher metrics).", choices=OBJECTIVES)
+                                   "output and fisher metrics); auto: image where the metric has one, else "
+                                   "energy.", choices=OBJECTIVES)
     relax_optimizer: str = setting("adam", "relax's optimiser: adam, or sgd (momentum 0.9).",
                                    choices=("adam", "sgd"))
     relax_damping: float = setting(0.0, "relax: λ, the path energy under G + λI (each segment adds λ||Δθ||², "
