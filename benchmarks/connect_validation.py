@@ -61,7 +61,8 @@ def run(a: str, b: str, out: Path, methods: str, overrides: list[str], tag: str)
             rows.write(json.dumps({"pair": pair_name, "variant": tag, "method": row["method"],
                                    "worst_val": 100 * worst, "ends_val": [100 * e for e in ends],
                                    "max_train_loss": max(p.get("train_loss", float("nan")) for p in points),
-                                   "grad_evals": row["grad_evals"], "settings": overrides}) + "\n")
+                                   "grad_evals": row["grad_evals"], "stop_reason": row.get("stop_reason"),
+                                   "settings": overrides}) + "\n")
     print(f"{pair_name} {tag}: {len(connection.rows)} methods in {time.time() - start:.0f} s")
 
 

@@ -128,3 +128,46 @@ def test_sum_cost_done_and_default_gradient():
     quartic = Quartic(torch.ones_like(theta))
     torch.testing.assert_close(quartic.grad(theta), 4 * (theta - 1) ** 3)
     finite_difference(quartic, theta)
+
+
+# -- OutputGeodesicLoss: the walk's label-free term ------------------------------------------------
+def _geodesic_case():
+    from weightgeo.metrics import FisherMetric, OutputMetric
+    from weightgeo.objectives import OutputGeodesicLoss
+
+    torch.manual_seed(0)
+    fm = FunctionalModel(nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4)).double())
+    x = torch.randn(6, 3, dtype=torch.float64)
+    theta_a = fm.theta()
+    theta_b = theta_a + torch.randn(fm.n, dtype=torch.float64)
+    return fm, x, theta_a, theta_b, OutputMetric, FisherMetric, OutputGeodesicLoss
+
+
+@pytest.mark.parametrize("kind", ["output", "fisher"])
+def test_the_output_geodesic_loss_is_the_distance_to_the_curve_at_the_progress_with_its_exact_gradient(kind):
+    fm, x, theta_a, theta_b, OutputMetric, FisherMetric, OutputGeodesicLoss = _geodesic_case()
+    metric = (OutputMetric if kind == "output" else FisherMetric)(fm, x)
+    loss = OutputGeodesicLoss(metric, theta_a, theta_b, x)
+    theta = theta_a + 0.3 * (theta_b - theta_a) + 0.05 * torch.randn(fm.n, dtype=torch.float64)
+    s = 1 - float((theta - theta_b).norm() / (theta_b - theta_a).norm())
+    target = metric.output_geodesic(fm(theta_a, x), fm(theta_b, x), torch.tensor([s], dtype=torch.float64))[0]
+    expected = metric.output_distances(torch.stack([fm(theta, x), target]))[0]
+    value, grad = loss.value_and_grad(theta)
+    assert float(value) == pytest.approx(float(expected), rel=1e-12)
+    e = torch.randn(fm.n, dtype=torch.float64)  # the gradient includes the path through s(θ)
+    h = 1e-6
+    numeric = (float(loss.value(theta + h * e)) - float(loss.value(theta - h * e))) / (2 * h)
+    assert float(grad @ e) == pytest.approx(numeric, rel=1e-6)
+    assert float(loss.value(theta_a)) == pytest.approx(0.0, abs=1e-24)  # s = 0: f_a itself
+    assert float(loss.value(theta_b)) == pytest.approx(0.0, abs=1e-24)
+
+
+def test_the_output_geodesic_loss_refuses_a_metric_without_one_and_equal_ends():
+    from weightgeo.errors import WeightgeoError
+    from weightgeo.metrics import Euclidean
+
+    fm, x, theta_a, theta_b, OutputMetric, _, OutputGeodesicLoss = _geodesic_case()
+    with pytest.raises(WeightgeoError, match="needs a metric with an output geodesic"):
+        OutputGeodesicLoss(Euclidean(), theta_a, theta_b, x)
+    with pytest.raises(WeightgeoError, match="two different networks"):
+        OutputGeodesicLoss(OutputMetric(fm, x), theta_a, theta_a, x)

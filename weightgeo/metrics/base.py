@@ -302,6 +302,12 @@ class Metric(ABC):
         return f"{type(self).__name__}{batch}"
 
 
+def has_output_geodesic(metric: Metric) -> bool:
+    """Whether the metric overrides :meth:`Metric.output_geodesic` (a pull-back metric with a
+    closed-form output geodesic: output, fisher, or a user's)."""
+    return type(metric).output_geodesic is not Metric.output_geodesic
+
+
 class ConstantMetric(Metric):
     """A metric that does not depend on θ (a frozen factorisation, a fixed matrix): the space is
     flat, its geodesics are straight lines, d(x, y) = √((y − x)ᵀ G (y − x)) and exp_x(u) = x + u,

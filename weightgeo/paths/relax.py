@@ -43,7 +43,7 @@ from weightgeo import distributed
 from weightgeo.data.streams import Stream, stream
 from weightgeo.errors import WeightgeoError
 from weightgeo.manifolds.weight_space import WeightSpace
-from weightgeo.metrics.base import Metric
+from weightgeo.metrics.base import Metric, has_output_geodesic
 from weightgeo.optim.loop import OptimizerSpec, fit
 from weightgeo.paths.path import Path
 from weightgeo.rundir import load_tensors, save_tensors
@@ -127,11 +127,6 @@ OBJECTIVES = ("energy", "image", "auto")
 """relax's objectives: the discrete path energy E, the fit I to the output-space geodesic, or auto
 (I where the metric has an output geodesic, else E)."""
 
-
-def has_output_geodesic(metric: Metric) -> bool:
-    """Whether the metric overrides :meth:`Metric.output_geodesic` (a pull-back metric with a
-    closed-form output geodesic: output, fisher, or a user's)."""
-    return type(metric).output_geodesic is not Metric.output_geodesic
 
 
 def no_output_geodesic(metric: Metric) -> str:

@@ -30,6 +30,11 @@ PLANE_GRID = 11
 11 × 11 grid: each point costs a batch-norm pass and a test evaluation, as a path's points do)."""
 
 
+TASK_WEIGHTS = {"labels": 100.0, "image": 5.0}
+"""traverse's default task weight per --traverse-task (the cross-entropy is ≈ 0.01 at a trained
+network; the image term, a squared distance of logits, is of order 1–100 along an unaligned path)."""
+
+
 @dataclass
 class ConnectSettings(Settings):
     """What ``weightgeo connect`` does: the methods, their budget and settings, the evaluation."""
@@ -42,11 +47,16 @@ class ConnectSettings(Settings):
     batch_size: int = setting(128, "Training minibatch of every method that trains.", min=1)
     task_weight: float = setting(20.0, "relax: weight of the task loss at the nodes against the energy divided "
                                  "by the straight line's (0: energy only).", min=0)
-    traverse_weight: float = setting(100.0, "traverse: weight of the task loss beside ½||θ − θ_b||² (0: the "
-                                     "target alone).", min=0)
+    traverse_weight: float | None = setting(None, "traverse: weight of the task term beside ½||θ − θ_b||² (0: the "
+                                            f"target alone; none: {TASK_WEIGHTS['image']:g} for --traverse-task "
+                                            f"image, {TASK_WEIGHTS['labels']:g} for labels).", min=0)
     traverse_fade: bool = setting(True, "traverse: fade the task loss's weight with the remaining distance, w · "
                                   "||θ − θ_b|| / ||θ_b − θ_a||, so the walk's objective is least at θ_b "
                                   "(--no-traverse-fade: a constant weight, least short of θ_b).")
+    traverse_task: str = setting("image", "traverse: what keeps the walk good — labels (the cross-entropy on "
+                                 "training batches) or image (label-free: the outputs' distance from the output "
+                                 "metric's geodesic between the ends' outputs at the walk's progress).",
+                                 choices=("labels", "image"))
     train_eval: bool = setting(True, "Also evaluate the training loss and accuracy at every point.")
     relax_lr: float = setting(1e-3, "Learning rate of relax's optimiser.", above=0)
     relax_objective: str = setting("auto", "relax: minimise the path energy (energy), or fit every node's "
@@ -89,6 +99,11 @@ class ConnectSettings(Settings):
         if self.plane_grid == 1:
             raise WeightgeoError("--plane-grid must be 0 (no picture) or at least 2, got 1")
         self.method = tuple(dict.fromkeys(self.method))
+
+    @property
+    def walk_weight(self) -> float:
+        """traverse's task weight: ``traverse_weight``, or the default for ``traverse_task``."""
+        return TASK_WEIGHTS[self.traverse_task] if self.traverse_weight is None else self.traverse_weight
 
     def plane_size(self, weights: int) -> int:
         """Grid points per side of the loss plane for a network of ``weights`` weights (0: none)."""

@@ -1,7 +1,10 @@
 """traverse as a connection method: the papers' step from θ_a toward θ_b, then a straight end.
 
 A damped natural-gradient walk under the task metric toward O(θ) = ½||θ − θ_b||² plus
-``traverse_weight`` × the task loss on training batches (:class:`TowardNetwork`); once within
+``traverse_weight`` × a task term on training batches (:class:`TowardNetwork`): by default
+(``traverse_task="image"``, no labels) the outputs' distance from the output metric's geodesic
+between f(θ_a) and f(θ_b) — the logit segment — at the walk's progress
+(:class:`~weightgeo.objectives.OutputGeodesicLoss`), or with ``"labels"`` the cross-entropy; once within
 ``tol`` of θ_b (or when the budget runs out) a final straight segment ends the path exactly at
 θ_b, recorded as a stage of its own.
 
@@ -21,7 +24,9 @@ from torch import Tensor
 from weightgeo.applications.connect.curves import Polyline
 from weightgeo.applications.connect.task import ConnectTask, MethodResult
 from weightgeo.data.streams import RandomSubsets, Stream
-from weightgeo.objectives import Objective, TargetPoint, TaskLoss
+from weightgeo.metrics import Metric, OutputMetric
+from weightgeo.metrics.base import has_output_geodesic
+from weightgeo.objectives import Objective, OutputGeodesicLoss, TargetPoint, TaskLoss
 from weightgeo.paths import Path, traverse
 from weightgeo.stopping import Stop, StopReason
 
@@ -39,7 +44,7 @@ class TowardNetwork(Objective):
     w (r/d) ∇L + w L (θ − θ_b)/(r d).
     """
 
-    def __init__(self, target: TargetPoint, task: TaskLoss | None, weight: float,
+    def __init__(self, target: TargetPoint, task: Objective | None, weight: float,
                  batches: Stream | None = None, fade: float | None = None) -> None:
         self.target, self.task, self.weight, self.batches = target, task, weight, batches
         self.fade = fade
@@ -89,7 +94,7 @@ class TowardNetwork(Objective):
     def __repr__(self) -> str:
         if self.task is None:
             return "TargetPoint"
-        return f"TargetPoint + {self.weight:g}·{'(r/d)·' if self.fade else ''}TaskLoss"
+        return f"TargetPoint + {self.weight:g}·{'(r/d)·' if self.fade else ''}{type(self.task).__name__}"
 
 
 def _open_path(task: ConnectTask, name: str, save_every: int) -> Path:
@@ -110,14 +115,23 @@ def _stage_stop(path: Path, name: str) -> Stop | None:
     return None
 
 
+def image_metric(task: ConnectTask) -> Metric:
+    """The metric whose output geodesic the image term follows: the walk's own where it has one
+    (output: the logits' segment; fisher: the great circle of √p), else the output metric's."""
+    metric = task.space().metric
+    return metric if has_output_geodesic(metric) else OutputMetric(task.model, task.metric_inputs)
+
+
 def _walk(task: ConnectTask, path: Path, step: float, max_steps: int) -> Stop:
     """The natural-gradient walk (continued where an interrupted run left it); returns its stop."""
     s = task.settings
     distance = float((task.theta_b - task.theta_a).norm())  # reporting
-    batches = task.minibatches(offset=1) if s.traverse_weight > 0 else None
-    objective = TowardNetwork(TargetPoint(task.theta_b, tol=s.tol * distance),
-                              None if batches is None else TaskLoss(task.model, batches),
-                              s.traverse_weight, batches, fade=distance if s.traverse_fade else None)
+    batches = task.minibatches(offset=1, labelled=s.traverse_task == "labels") if s.walk_weight > 0 else None
+    term = None if batches is None else (
+        TaskLoss(task.model, batches) if s.traverse_task == "labels"
+        else OutputGeodesicLoss(image_metric(task), task.theta_a, task.theta_b, batches))
+    objective = TowardNetwork(TargetPoint(task.theta_b, tol=s.tol * distance), term,
+                              s.walk_weight, batches, fade=distance if s.traverse_fade else None)
     if not path.stages:
         path.begin_stage(WALK)
     inputs = RandomSubsets(task.train.x, s.metric_batch, s.seed + 2)
@@ -135,7 +149,7 @@ def method_traverse(task: ConnectTask, name: str = "traverse") -> MethodResult:
     s = task.settings
     distance = float((task.theta_b - task.theta_a).norm())  # reporting
     step = s.step_size if s.step_size is not None else distance / 100
-    per_step = (0 if s.traverse_weight == 0 else 1) + (0 if s.metric == "euclidean" else s.cg_iters)
+    per_step = (0 if s.walk_weight == 0 else 1) + (0 if s.metric == "euclidean" else s.cg_iters)
     max_steps = max(1, s.budget // max(1, per_step))
     path = _open_path(task, name, save_every=max(1, max_steps // 100))
     walked = _stage_stop(path, WALK) or _walk(task, path, step, max_steps)
