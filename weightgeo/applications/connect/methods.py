@@ -2,11 +2,14 @@
 
 - ``linear``: the straight line.
 - ``traverse``: the paper's approach (:mod:`.traverse`): a damped natural-gradient walk from θ_a
-  under the task metric toward θ_b, plus ``traverse_weight`` × the task loss (faded with the
-  remaining distance unless ``traverse_fade`` is off), ended by a recorded straight segment.
+  under the task metric toward θ_b, plus ``traverse_weight`` × a task term (by default the
+  label-free distance from the output-space geodesic at the walk's progress; the cross-entropy
+  with ``traverse_task="labels"``; faded with the remaining distance unless ``traverse_fade`` is
+  off), ended by a recorded straight segment.
 - ``relax``: the boundary-value solver (:func:`weightgeo.paths.relax`) from the straight line,
-  with the metric's path energy on training inputs (divided by the straight line's) plus
-  ``task_weight`` × the task loss at the nodes.
+  with the nodes' fit to the output-space geodesic (``relax_objective`` auto; or the metric's
+  path energy) on training inputs, divided by the straight line's, plus ``task_weight`` × the
+  task loss at the nodes.
 - ``bezier`` / ``polychain``: Garipov et al.'s curves, the bend trained with one t ~ U(0, 1)
   per minibatch on the task loss at w(t) (:class:`~.curves.CurveLoss`), endpoints fixed, SGD
   with momentum 0.9, weight decay on w(t), the ``garipov`` schedule (constant for half the run,
@@ -73,7 +76,8 @@ def method_rebasin(task: ConnectTask) -> MethodResult:
 
 
 def method_relax(task: ConnectTask, name: str = "relax") -> MethodResult:
-    """A discrete geodesic: the nodes minimise the path energy plus the task loss at the nodes."""
+    """A discrete geodesic: the nodes fit the output-space geodesic (or minimise the path energy, with
+    ``relax_objective="energy"``) plus the task loss at the nodes."""
     s = task.settings
     labelled = s.task_weight > 0
     minibatches = task.minibatches(offset=3, labelled=labelled)
@@ -133,7 +137,8 @@ METHODS.register("linear", Method(method_linear), help="the straight line")
 METHODS.register("traverse", Method(method_traverse, True, "lower --step-size"),
                  help="damped natural-gradient walk toward θ_b, then a straight end")
 METHODS.register("relax", Method(method_relax, True, "lower --relax-lr"),
-                 help="discrete geodesic: path energy plus the task loss at the nodes")
+                 help="discrete geodesic: nodes fitted to the output-space geodesic (or the path energy) plus the "
+                      "task loss")
 METHODS.register("bezier", Method(curve_method("bezier"), True, "lower --curve-lr"),
                  help="Garipov's quadratic Bezier curve")
 METHODS.register("polychain", Method(curve_method("polychain"), True, "lower --curve-lr"),
