@@ -24,6 +24,7 @@ from weightgeo.applications.connect import (
     summarise,
 )
 from weightgeo.data import Data
+from weightgeo.errors import WeightgeoError
 from weightgeo.functional import FunctionalModel
 
 
@@ -374,3 +375,9 @@ def test_curve_training_gradients_of_bezier_and_polychain_at_the_straight_line()
         drift[kind] = float((0.5 * both - bend) @ both / (both @ both))
     assert drift["bezier"] > 0
     assert drift["polychain"] / drift["bezier"] == pytest.approx(1.5, abs=0.1)
+
+
+@pytest.mark.parametrize("vertices", [torch.zeros(3), torch.zeros(1, 4)])  # not a 2-d stack; one vertex
+def test_a_polyline_refuses_fewer_than_two_vertices_or_a_flat_tensor(vertices):
+    with pytest.raises(WeightgeoError, match="at least two vertices"):
+        Polyline(vertices)

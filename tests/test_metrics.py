@@ -384,3 +384,10 @@ def test_segment_energies_are_the_metrics_quadratic_form_for_short_segments(kind
         energy = metric.segment_energies(points)[0]
         quadratic = eps**2 * (d @ metric.mvp(theta, d))
         assert abs(float(energy / quadratic) - 1) < 10 * eps**2
+
+
+@pytest.mark.parametrize("inputs", [[[0.0, 1.0]], torch.zeros(0, 2)])  # not a tensor; an empty batch
+@pytest.mark.parametrize("metric_cls", [OutputMetric, FisherMetric])
+def test_a_pullback_metric_refuses_inputs_that_are_not_a_non_empty_tensor(metric_cls, inputs):
+    with pytest.raises(WeightgeoError, match="needs a non-empty batch of inputs"):
+        metric_cls(torch.nn.Linear(2, 3), inputs)

@@ -313,3 +313,11 @@ def test_the_auto_objective_fits_the_image_where_the_metric_has_one_and_the_ener
                                            objective="auto").meta["objective"]
               for metric in (OutputMetric(fm, x), FisherMetric(fm, x), _Warped())}
     assert chosen == {"OutputMetric": "image", "FisherMetric": "image", "_Warped": "energy"}
+
+
+@pytest.mark.parametrize("steps", [2.5, -1])  # each half of the check on its own: not whole, negative
+def test_relax_refuses_steps_that_are_not_a_whole_number_at_least_zero(steps):
+    fm = _model()
+    theta_a, theta_b = _points(fm)
+    with pytest.raises(WeightgeoError, match="steps must be a whole number ≥ 0"):
+        relax(WeightSpace(fm), theta_a, theta_b, nodes=1, steps=steps)
