@@ -1,7 +1,8 @@
 """Data parallelism: two gloo ranks on the CPU give the single-process results on the whole batch.
 
 Two processes (loopback only) each evaluate their shard of every batch; the products, solves,
-gradients, a 20-step traverse and a few steps of training must equal one process on the
+gradients, a 20-step traverse, the output-geodesic loss, relax's image fit and a few steps of training
+must equal one process on the
 concatenated batch (float64, to 1e-10), with uneven shards (7 examples: 4 + 3).
 """
 
@@ -44,7 +45,9 @@ def computations() -> dict[str, torch.Tensor]:
     from weightgeo.data.streams import Fixed
     from weightgeo.evaluation import loss_and_correct
     from weightgeo.metrics import KFACMetric
+    from weightgeo.objectives import OutputGeodesicLoss
     from weightgeo.optim import OptimizerSpec, SupervisedLoss, fit
+    from weightgeo.paths import relax
 
     model = _model()
     fm = FunctionalModel(model)
@@ -69,6 +72,11 @@ def computations() -> dict[str, torch.Tensor]:
     target = theta + 0.3 * v
     path = traverse(space, TargetPoint(target), step_size=0.05, max_steps=20, start=theta)
     out["traverse end"], out["traverse metric length"] = path.end, torch.tensor(path.metric_length)
+    image = OutputGeodesicLoss(metric, theta, target, x)
+    out["output geodesic loss"], out["output geodesic gradient"] = image.value_and_grad(theta + 0.1 * v)
+    for objective in ("image", "energy"):  # the loop shards the batch once; the metric must not again
+        relaxed = relax(space, theta, target, nodes=2, inputs=x, objective=objective, steps=5, lr=1e-2)
+        out[f"relax {objective} nodes"] = torch.stack([w for _, w in relaxed.waypoints()])
     trained = fit(theta, SupervisedLoss(fm), Fixed((x, y)), 10, optimizer=OptimizerSpec("sgd", lr=0.1))
     out["fit"] = trained.param
     total, correct = loss_and_correct(fm, theta, type("D", (), {"x": x, "y": y})())

@@ -196,11 +196,24 @@ class Metric(ABC):
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
         """The metric-vector product G(θ) v."""
 
+    sharded: bool = False
+    """Whether ``inputs`` are already this rank's shard (:meth:`on_local_inputs`)."""
+
     @property
     def local_inputs(self) -> Tensor | None:
         """This rank's shard of ``inputs`` under ``torchrun`` (all of them in one process): the
         data-dependent metrics compute on it and average their results over the ranks."""
-        return None if self.inputs is None else distributed.shard(self.inputs)
+        if self.inputs is None or self.sharded:
+            return self.inputs
+        return distributed.shard(self.inputs)
+
+    def on_local_inputs(self, inputs: Tensor) -> Metric:
+        """The same metric on ``inputs`` that are already this rank's shard of a batch (a loop that
+        shards its batches itself, as :func:`~weightgeo.optim.fit` does): they are not sharded again."""
+        other = self.with_inputs(inputs)
+        if other.inputs is not None:
+            other.sharded = True
+        return other
 
     def segment_energies(self, points: Tensor) -> Tensor:
         """d²(θ_k, θ_{k+1}) for consecutive rows of ``points`` (N×n): N − 1 values, differentiable.
@@ -294,7 +307,7 @@ class Metric(ABC):
         if self.inputs is None:
             return self
         other = copy.copy(self)
-        other.inputs = inputs
+        other.inputs, other.sharded = inputs, False
         return other
 
     def __repr__(self) -> str:

@@ -161,14 +161,19 @@ class PathEnergy:
         if self.objective == "image":
             terms = self.image_distances(full, x).sum()
         else:
-            terms = self.space.segment_energies(full, x).sum()
+            terms = self.local_metric(x).segment_energies(self.space.projx(full)).sum()
         if self.damping:
             terms = terms + self.damping * (full[1:] - full[:-1]).square().sum()
         return (self.nodes + 1) * terms
 
+    def local_metric(self, x: Tensor | None) -> Metric:
+        """The metric on the step's inputs x, which the loop has already sharded (this rank's part),
+        or on its own batch (sharded by the metric)."""
+        return self.space.metric if x is None else self.space.metric.on_local_inputs(x)
+
     def image_distances(self, full: Tensor, x: Tensor | None) -> Tensor:
         """d²_out(f(θ_k), γ(t_k)) for the K interior nodes, on this rank's shard of the batch."""
-        metric = self.space.metric if x is None else self.space.metric.with_inputs(x)
+        metric = self.local_metric(x)
         outputs = self.space.model.stacked()(self.space.projx(full), metric.local_inputs)
         t = torch.linspace(0, 1, self.nodes + 2, dtype=outputs.dtype, device=outputs.device)[1:-1]
         targets = metric.output_geodesic(outputs[0].detach(), outputs[-1].detach(), t)
