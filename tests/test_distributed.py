@@ -77,6 +77,8 @@ def computations() -> dict[str, torch.Tensor]:
     for objective in ("image", "energy"):  # the loop shards the batch once; the metric must not again
         relaxed = relax(space, theta, target, nodes=2, inputs=x, objective=objective, steps=5, lr=1e-2)
         out[f"relax {objective} nodes"] = torch.stack([w for _, w in relaxed.waypoints()])
+        out[f"relax {objective} lengths"] = torch.tensor([float(r["metric_length"]) for r in relaxed.records],
+                                                         dtype=torch.float64)
     trained = fit(theta, SupervisedLoss(fm), Fixed((x, y)), 10, optimizer=OptimizerSpec("sgd", lr=0.1))
     out["fit"] = trained.param
     total, correct = loss_and_correct(fm, theta, type("D", (), {"x": x, "y": y})())

@@ -128,8 +128,8 @@ OBJECTIVES = ("energy", "image", "auto")
 (I where the metric has an output geodesic, else E)."""
 
 
-
 def no_output_geodesic(metric: Metric) -> str:
+    """The one-line refusal of the image objective for ``metric``."""
     return (f"relax's image objective needs a metric pulled back from the outputs with a closed-form output "
             f"geodesic (output, fisher), not {type(metric).__name__}: use objective='energy'")
 
@@ -170,6 +170,15 @@ class PathEnergy:
         """The metric on the step's inputs x, which the loop has already sharded (this rank's part),
         or on its own batch (sharded by the metric)."""
         return self.space.metric if x is None else self.space.metric.on_local_inputs(x)
+
+    def segment_lengths(self, full: Tensor) -> Tensor:
+        """d(θ_k, θ_{k+1}) under the metric on the last step's inputs (this rank's part), averaged
+        over the ranks by their shares: the reported metric lengths."""
+        x = self.last.get("x")
+        if x is None:
+            return self.space.segment_lengths(full)
+        energies = self.local_metric(x).segment_energies(self.space.projx(full))
+        return distributed.average(energies, len(x)).clamp_min(0).sqrt()
 
     def image_distances(self, full: Tensor, x: Tensor | None) -> Tensor:
         """d²_out(f(θ_k), γ(t_k)) for the K interior nodes, on this rank's shard of the batch."""
@@ -310,7 +319,7 @@ def relax(
     def reparametrize(state) -> None:
         with torch.no_grad():
             full = loss.polyline(state.param)
-            energies = space.segment_energies(full, loss.last["x"])
+            energies = loss.local_metric(loss.last["x"]).segment_energies(full)
             energies = energies + damping * (full[1:] - full[:-1]).square().sum(1)
             lengths = energies.clamp_min(0).sqrt()
             state.param.copy_(resample_polyline(full, lengths, nodes + 2)[0][1:-1])
@@ -328,7 +337,7 @@ def relax(
                  checkpoint_every=checkpoint_every, resume=saved)
     with torch.no_grad():
         full = loss.polyline(result.param)
-        lengths = space.segment_lengths(full, loss.last.get("x"))
+        lengths = loss.segment_lengths(full)
     path = Path(theta_a, directory=directory, save_every=1, meta={
         "tracer": "relax", "metric": type(space.metric).__name__, "nodes": nodes, "steps": steps, "lr": lr,
         "optimizer": optimizer, "task_weight": task_weight, "normalize": normalize, "damping": damping,
