@@ -45,6 +45,7 @@ def computations() -> dict[str, torch.Tensor]:
     from weightgeo.data.streams import Fixed
     from weightgeo.evaluation import loss_and_correct
     from weightgeo.metrics import KFACMetric
+    from weightgeo.metrics.scaled import ScaledMetric
     from weightgeo.objectives import OutputGeodesicLoss
     from weightgeo.optim import OptimizerSpec, SupervisedLoss, fit
     from weightgeo.paths import relax
@@ -74,8 +75,10 @@ def computations() -> dict[str, torch.Tensor]:
     out["traverse end"], out["traverse metric length"] = path.end, torch.tensor(path.metric_length)
     image = OutputGeodesicLoss(metric, theta, target, x)
     out["output geodesic loss"], out["output geodesic gradient"] = image.value_and_grad(theta + 0.1 * v)
-    for objective in ("image", "energy"):  # the loop shards the batch once; the metric must not again
-        relaxed = relax(space, theta, target, nodes=2, inputs=x, objective=objective, steps=5, lr=1e-2)
+    scaled = WeightSpace(fm, ScaledMetric(metric, 2.0))  # a wrapper passes the shard on unsplit too
+    for objective, where in (("image", space), ("energy", space), ("scaled energy", scaled)):
+        # the loop shards the batch once; the metric must not split it again
+        relaxed = relax(where, theta, target, nodes=2, inputs=x, objective=objective.split()[-1], steps=5, lr=1e-2)
         out[f"relax {objective} nodes"] = torch.stack([w for _, w in relaxed.waypoints()])
         out[f"relax {objective} lengths"] = torch.tensor([float(r["metric_length"]) for r in relaxed.records],
                                                          dtype=torch.float64)

@@ -174,7 +174,14 @@ class NystromMetric(Metric):
         return self.product_cost
 
     def with_inputs(self, inputs: Tensor) -> NystromMetric:
-        other = NystromMetric(self.metric.with_inputs(inputs), self.rank, self.generator)
+        return self._around(self.metric.with_inputs(inputs))
+
+    def on_local_inputs(self, inputs: Tensor) -> NystromMetric:
+        return self._around(self.metric.on_local_inputs(inputs))
+
+    def _around(self, metric: Metric) -> NystromMetric:
+        """The same approximation (rank, Ω) of ``metric`` (this metric on other inputs)."""
+        other = NystromMetric(metric, self.rank, self.generator)
         other._omega = self._omega
         return other
 

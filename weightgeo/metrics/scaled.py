@@ -105,6 +105,9 @@ class ScaledMetric(Metric):
     def with_inputs(self, inputs: Tensor) -> ScaledMetric:
         return ScaledMetric(self.metric.with_inputs(inputs), self.factor)
 
+    def on_local_inputs(self, inputs: Tensor) -> ScaledMetric:
+        return ScaledMetric(self.metric.on_local_inputs(inputs), self.factor)
+
     def segment_energies(self, points: Tensor) -> Tensor:
         return self.factor * self.metric.segment_energies(points)
 
