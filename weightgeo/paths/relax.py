@@ -303,6 +303,10 @@ def relax(
     theta_a, theta_b = space.projx(theta_a.detach()), space.projx(theta_b.detach())
     space.check(theta_a)
     space.check(theta_b)
+    if inputs is None and task is None and space.metric.inputs is not None:
+        # the metric's own batch, given to the loop like any other so that it shards it once and
+        # weights each rank by its share (exact with uneven shards under torchrun)
+        inputs = space.metric.inputs
     batches = RelaxBatches(None if inputs is None else stream(inputs), None if task is None else stream(task))
     cost = space.metric.energy_cost(nodes + 1)
     if task is not None and (inputs is not None or cost == 0):
