@@ -103,3 +103,31 @@ def test_paired_distances_are_the_output_distances_of_each_pair():
         expected = torch.stack([metric.output_distances(torch.stack([o, g]))[0] for o, g in zip(outputs, targets)])
         assert paired.shape == (3,) and torch.allclose(paired, expected, rtol=1e-14)
         assert float(paired[1]) == 0.0
+
+
+def test_the_output_geodesics_take_fractions_as_a_list_at_the_logits_precision():
+    # t given as Python floats must be read in the logits' dtype (float64), not as float32 fractions.
+    a, b = _logit_pair()
+    metric = OutputMetric(nn.Linear(2, 4), torch.zeros(1, 2))
+    curve = metric.output_geodesic(a, b, [0.3])
+    assert torch.allclose(curve[0], a + 0.3 * (b - a), rtol=0, atol=1e-14)
+
+
+def test_the_fisher_output_geodesic_between_nearly_equal_outputs_is_the_midway_chord():
+    # ω below 1e-6: the straight chord of √p, renormalised; at t = 0.5 it lies midway between the ends.
+    a, _ = _logit_pair()
+    b = a + 1e-8 * torch.randn(a.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    metric = FisherMetric(nn.Linear(2, 4), torch.zeros(1, 2))
+    r = metric.output_geodesic(a, b, torch.tensor([0.5], dtype=torch.float64))[0].softmax(-1).sqrt()
+    r_a, r_b = a.softmax(-1).sqrt(), b.softmax(-1).sqrt()
+    to_a, to_b = (r - r_a).norm(dim=-1), (r - r_b).norm(dim=-1)
+    assert torch.allclose(to_a, to_b, rtol=1e-3, atol=0)
+
+
+def test_the_fisher_output_geodesic_takes_fractions_as_a_list_at_the_logits_precision():
+    a, b = _logit_pair()
+    metric = FisherMetric(nn.Linear(2, 4), torch.zeros(1, 2))
+    r = metric.output_geodesic(a, b, [0.3])[0].softmax(-1).sqrt()
+    r_a, r_b = a.softmax(-1).sqrt(), b.softmax(-1).sqrt()
+    omega = (r_a * r_b).sum(-1).clamp(-1, 1).acos()
+    assert torch.allclose((r * r_a).sum(-1), torch.cos(0.3 * omega), rtol=0, atol=1e-13)

@@ -321,3 +321,10 @@ def test_relax_refuses_steps_that_are_not_a_whole_number_at_least_zero(steps):
     theta_a, theta_b = _points(fm)
     with pytest.raises(WeightgeoError, match="steps must be a whole number ≥ 0"):
         relax(WeightSpace(fm), theta_a, theta_b, nodes=1, steps=steps)
+
+
+def test_resampling_a_path_whose_points_coincide_gives_copies_of_the_point():
+    point = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64).expand(4, -1)
+    out, fractions = resample_polyline(point, torch.zeros(3, dtype=torch.float64), 5)
+    assert out.shape == (5, 3) and torch.equal(out, point[:1].expand(5, -1))
+    assert torch.allclose(fractions, torch.linspace(0, 1, 5, dtype=torch.float64))
