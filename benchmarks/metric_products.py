@@ -19,7 +19,7 @@ the machine, its load average before and after, the threads and a markdown table
 benchmarks/results/metric_products[_<model>_<device>].json.
 
     python benchmarks/metric_products.py [--model mlp] [--device cpu] [--batch 256] [--repeats 40]
-        [--threads 2] [--clock wall|cpu] [--no-solves]
+        [--threads 2] [--clock wall|cpu] [--no-solves] [--jvp-route double-vjp|dual] [--out FILE]
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict:
         "fb_flat": flat_forward_backward, "fb_module": module_forward_backward}
     metrics = {"output": OutputMetric(fmodel, x), "fisher": FisherMetric(fmodel, x)}
     for name, metric in metrics.items():
+        metric.jvp_route = args.jvp_route  # None: the metric chooses (dual where the network convolves)
         operator = metric.at(theta)
 
         def solve_like(metric=metric):  # one linearisation and 10 products, as in a CG solve
@@ -195,6 +196,8 @@ def main() -> None:
                         help="also time the linearisation with 10 products (one CG solve)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall time, or process CPU time (steadier when other jobs share the cores; CPU only)")
+    parser.add_argument("--jvp-route", choices=("double-vjp", "dual"), default=None,
+                        help="force how warm products get J v (default: the metric's own choice)")
     parser.add_argument("--out", default=None, help="the JSON record (default: benchmarks/results/...)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -210,7 +213,8 @@ def main() -> None:
     record = {"date": date.today().isoformat(), "model": args.model, "batch": args.batch,
               "device": args.device, "machine": machine(device), "threads": args.threads,
               "torch": torch.__version__, "python": platform.python_version(), "clock": args.clock,
-              "repeats": args.repeats, "load_before": load_before, "load_after": os.getloadavg(),
+              "repeats": args.repeats, "jvp_route": args.jvp_route, "load_before": load_before,
+              "load_after": os.getloadavg(),
               "result": result}
     results = Path(__file__).parent / "results"
     default = (results / "metric_products.json" if (args.model, args.device) == ("mlp", "cpu")
