@@ -302,3 +302,23 @@ def test_functional_model_of_a_functional_model_shares_it(net):
     again = FunctionalModel(fmodel)
     assert again.n == fmodel.n and again.names == fmodel.names
     assert torch.equal(again(theta_a, x), fmodel(theta_a, x))
+
+
+def test_evaluate_runs_every_k_points_and_once_at_an_unevaluated_end_never_twice(net):
+    # Points 0, 10, 20 are evaluated on schedule and the end (23) once more; continuing the open path
+    # where the walk is done at once records nothing new and so evaluates nothing.
+    model, _, theta_a, theta_b, _ = net
+    space = WeightSpace(model, Euclidean())
+    calls = []
+
+    def evaluate(theta):
+        calls.append(theta.clone())
+        return {"probe": float(theta.sum())}
+
+    path = traverse(space, TargetPoint(theta_b), step_size=0.01, max_steps=23, start=theta_a, finish=False,
+                    evaluate=evaluate, evaluate_every=10)
+    assert len(path) == 24 and len(calls) == 4
+    assert torch.equal(calls[-1], path.end)
+    traverse(space, TargetPoint(path.end, tol=1.0), step_size=0.01, max_steps=5, path=path, evaluate=evaluate,
+             evaluate_every=10)
+    assert len(calls) == 4
