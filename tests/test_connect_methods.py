@@ -251,14 +251,14 @@ def test_traverse_records_its_final_segment_to_theta_b():
     assert final["metric_length"] == pytest.approx(_output_distance(s, before, s.theta_b), rel=1e-4)
     assert result.info["final_segment_fraction"] == pytest.approx(remaining / distance, rel=1e-5)
     assert 0 < remaining < distance  # the walk went part of the way, toward θ_b
-    # the budget was spent: a step costs 3 CG products and 1 task gradient (+1 at the last point)
+    # the budget was spent: a step costs 3 CG products and the task term (+ the term at the last point)
     assert 60 - 2 * 4 < result.grad_evals <= 60
 
 
 def test_traverse_weight_bends_the_walk():
     ends = []
     for weight in (0.0, 1.0, 3.0):
-        s = _setting("output", traverse_weight=weight, budget=40, cg_iters=3, tol=1e-6)
+        s = _setting("output", traverse_weight=weight, budget=40, cg_iters=3, tol=1e-6, traverse_task="labels")
         ends.append(run_method("traverse", s).curve.vertices[-2])
     assert float((ends[0] - ends[1]).norm()) > 1e-2
     assert float((ends[1] - ends[2]).norm()) > 1e-3  # the weight itself is used, not only its sign

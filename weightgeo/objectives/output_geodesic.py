@@ -39,8 +39,9 @@ class OutputGeodesicLoss(Objective):
         WeightgeoError: a metric without an output geodesic, or θ_a = θ_b.
     """
 
-    cost = 1
-    """One network gradient per call (and two forward passes of the ends on the batch)."""
+    cost = 2
+    """One network gradient, plus one for the two ends' forward passes on the batch (as relax counts
+    its ends)."""
 
     def __init__(self, metric: Metric, theta_a: Tensor, theta_b: Tensor,
                  batches: Tensor | Iterable | Stream) -> None:

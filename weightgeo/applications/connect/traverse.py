@@ -149,7 +149,8 @@ def method_traverse(task: ConnectTask, name: str = "traverse") -> MethodResult:
     s = task.settings
     distance = float((task.theta_b - task.theta_a).norm())  # reporting
     step = s.step_size if s.step_size is not None else distance / 100
-    per_step = (0 if s.walk_weight == 0 else 1) + (0 if s.metric == "euclidean" else s.cg_iters)
+    term_cost = 0 if s.walk_weight == 0 else (OutputGeodesicLoss.cost if s.traverse_task == "image" else TaskLoss.cost)
+    per_step = term_cost + (0 if s.metric == "euclidean" else s.cg_iters)
     max_steps = max(1, s.budget // max(1, per_step))
     path = _open_path(task, name, save_every=max(1, max_steps // 100))
     walked = _stage_stop(path, WALK) or _walk(task, path, step, max_steps)
