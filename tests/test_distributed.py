@@ -76,11 +76,13 @@ def computations() -> dict[str, torch.Tensor]:
     image = OutputGeodesicLoss(metric, theta, target, x)
     out["output geodesic loss"], out["output geodesic gradient"] = image.value_and_grad(theta + 0.1 * v)
     scaled = WeightSpace(fm, ScaledMetric(metric, 2.0))  # a wrapper passes the shard on unsplit too
-    cases = (("image", space, x), ("energy", space, x), ("scaled energy", scaled, x), ("own-batch energy", space, None))
-    for objective, where, inputs in cases:
-        # the loop shards the batch once (the metric's own batch too); the metric must not split it again
+    cases = (("image", space, x, 0), ("energy", space, x, 0), ("scaled energy", scaled, x, 0),
+             ("own-batch energy", space, None, 0), ("reparametrised energy", space, x, 2))
+    for objective, where, inputs, every in cases:
+        # the loop shards the batch once (the metric's own batch too); the metric must not split it again,
+        # and the reparametrisation's arc lengths are the same on every rank
         relaxed = relax(where, theta, target, nodes=2, inputs=inputs, objective=objective.split()[-1], steps=5,
-                        lr=1e-2)
+                        lr=1e-2, reparametrize_every=every, damping=0.01 * every)
         out[f"relax {objective} nodes"] = torch.stack([w for _, w in relaxed.waypoints()])
         out[f"relax {objective} lengths"] = torch.tensor([float(r["metric_length"]) for r in relaxed.records],
                                                          dtype=torch.float64)

@@ -328,3 +328,35 @@ def test_resampling_a_path_whose_points_coincide_gives_copies_of_the_point():
     out, fractions = resample_polyline(point, torch.zeros(3, dtype=torch.float64), 5)
     assert out.shape == (5, 3) and torch.equal(out, point[:1].expand(5, -1))
     assert torch.allclose(fractions, torch.linspace(0, 1, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("objective", ["energy", "image"])
+def test_masked_relax_projects_unmasked_ends_onto_the_subspace(objective):
+    # Ends given off the mask: every point of the path, the ends included, lies in the subspace.
+    fm, x, theta_a, theta_b, bent = _linear_case()
+    mask = (torch.arange(fm.n) % 3 != 0).double()
+    space = WeightSpace(fm, OutputMetric(fm, x), mask=mask)
+    path = relax(space, theta_a, theta_b, nodes=3, init=bent, steps=5, lr=1e-2, damping=0.1, objective=objective)
+    assert torch.all(_nodes(path)[:, mask == 0] == 0)
+
+
+def test_the_normalised_image_fit_of_a_model_linear_in_theta_stays_finite_and_reaches_the_line():
+    # The line is its own image: its misfit is rounding noise (≈ 1e-30), which must not become the divisor.
+    fm, x, theta_a, theta_b, bent = _linear_case()
+    space = WeightSpace(fm, OutputMetric(fm, x))
+    path = relax(space, theta_a, theta_b, nodes=3, init=bent, objective="image", steps=400, lr=0.05,
+                 optimizer="sgd", momentum=0.0)
+    line = theta_a + torch.linspace(0, 1, 5, dtype=torch.float64)[1:-1, None] * (theta_b - theta_a)
+    assert path.stop_reason == "max-steps" and path.meta["line_energy"] == 1.0
+    assert torch.allclose(_nodes(path)[1:-1], line, atol=1e-3)
+
+
+def test_relax_under_a_resampled_metric_uses_its_inner_metric_on_the_batch():
+    from weightgeo.metrics.resampled import ResampledMetric
+
+    fm, x, theta_a, theta_b, bent = _linear_case()
+    inner = OutputMetric(fm, x)
+    plain = relax(WeightSpace(fm, inner), theta_a, theta_b, nodes=3, init=bent, steps=5, lr=1e-2)
+    resampled = relax(WeightSpace(fm, ResampledMetric(inner, [x])), theta_a, theta_b, nodes=3, init=bent, steps=5,
+                      lr=1e-2)
+    assert torch.equal(_nodes(resampled), _nodes(plain))

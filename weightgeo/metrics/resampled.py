@@ -59,6 +59,10 @@ class ResampledMetric(Metric):
     def mvp(self, theta: Tensor, v: Tensor) -> Tensor:
         return self.current.mvp(theta, v)
 
+    def with_inputs(self, inputs: Tensor) -> Metric:
+        """The metric on one given batch: the inner metric on it (nothing left to resample)."""
+        return self.metric.with_inputs(inputs)
+
     def state_dict(self) -> dict:
         """The stream's position (to resume to the same batches)."""
         return {"batches": self.batches.state_dict()}

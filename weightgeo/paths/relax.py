@@ -171,14 +171,29 @@ class PathEnergy:
         or on its own batch (sharded by the metric)."""
         return self.space.metric if x is None else self.space.metric.on_local_inputs(x)
 
-    def segment_lengths(self, full: Tensor) -> Tensor:
-        """d(θ_k, θ_{k+1}) under the metric on the last step's inputs (this rank's part), averaged
-        over the ranks by their shares: the reported metric lengths."""
+    def segment_lengths(self, full: Tensor, damped: bool = False) -> Tensor:
+        """d(θ_k, θ_{k+1}) under the metric (with ``damped``: under G + λI) on the last step's inputs
+        (this rank's part), averaged over the ranks by their shares: the reported metric lengths and
+        the reparametrisation's arc lengths, the same on every rank."""
         x = self.last.get("x")
         if x is None:
-            return self.space.segment_lengths(full)
-        energies = self.local_metric(x).segment_energies(self.space.projx(full))
-        return distributed.average(energies, len(x)).clamp_min(0).sqrt()
+            energies = self.space.metric.segment_energies(self.space.projx(full))
+        else:
+            energies = distributed.average(self.local_metric(x).segment_energies(self.space.projx(full)), len(x))
+        if damped and self.damping:
+            energies = energies + self.damping * (full[1:] - full[:-1]).square().sum(1)
+        return energies.clamp_min(0).sqrt()
+
+    def floor(self, x: Tensor | None, examples: int) -> Tensor:
+        """The least line value that normalises: ``tiny`` for the energy; for the image objective √eps
+        × d²_out(f(θ_a), f(θ_b)) on the batch (the scale of its rounding noise)."""
+        dtype = self.theta_a.dtype
+        if self.objective != "image":
+            return torch.tensor(torch.finfo(dtype).tiny, dtype=dtype, device=self.theta_a.device)
+        metric = self.local_metric(x)
+        ends = self.space.model.stacked()(torch.stack([self.theta_a, self.theta_b]), metric.local_inputs)
+        distance = distributed.average(metric.paired_distances(ends[:1], ends[1:])[0], examples)
+        return torch.finfo(dtype).eps ** 0.5 * distance
 
     def image_distances(self, full: Tensor, x: Tensor | None) -> Tensor:
         """d²_out(f(θ_k), γ(t_k)) for the K interior nodes, on this rank's shard of the batch."""
@@ -200,9 +215,10 @@ class PathEnergy:
                 line = self.theta_a + t * (self.theta_b - self.theta_a)
                 # the same constant on every rank: the line's energy over the whole batch
                 line_energy = distributed.average(self.energy(line, x), distributed.batch_size(batch))
-                # a line with no energy (a model linear in θ under the image objective): no scaling
-                self.scale = torch.where(line_energy > torch.finfo(z.dtype).tiny, line_energy,
-                                         torch.ones_like(line_energy))
+                # a line that is its own image (a model linear in θ) has a misfit of rounding noise,
+                # not 0: below √eps of the ends' own squared output distance, no scaling
+                floor = self.floor(x, distributed.batch_size(batch))
+                self.scale = torch.where(line_energy > floor, line_energy, torch.ones_like(line_energy))
         total = energy / self.scale if self.normalize else energy
         task_loss = torch.zeros((), dtype=z.dtype, device=z.device)
         if task is not None:
@@ -295,14 +311,14 @@ def relax(
         raise WeightgeoError(f"steps must be a whole number ≥ 0, got {steps!r}")
     if not damping >= 0:
         raise WeightgeoError(f"relax's damping must be ≥ 0, got {damping!r}")
-    loss = PathEnergy(space, theta_a, theta_b, nodes, task_weight, normalize, damping, objective)
-    if loss.objective == "image" and reparametrize_every:
-        raise WeightgeoError("relax's image objective fixes each node's fraction t_k: it takes no reparametrize_every")
     spec = OptimizerSpec(optimizer, lr=lr, momentum=momentum if optimizer == "sgd" else 0.0,
                          schedule="constant")
     theta_a, theta_b = space.projx(theta_a.detach()), space.projx(theta_b.detach())
     space.check(theta_a)
     space.check(theta_b)
+    loss = PathEnergy(space, theta_a, theta_b, nodes, task_weight, normalize, damping, objective)
+    if loss.objective == "image" and reparametrize_every:
+        raise WeightgeoError("relax's image objective fixes each node's fraction t_k: it takes no reparametrize_every")
     if inputs is None and task is None and space.metric.inputs is not None:
         # the metric's own batch, given to the loop like any other so that it shards it once and
         # weights each rank by its share (exact with uneven shards under torchrun)
@@ -323,9 +339,7 @@ def relax(
     def reparametrize(state) -> None:
         with torch.no_grad():
             full = loss.polyline(state.param)
-            energies = loss.local_metric(loss.last["x"]).segment_energies(full)
-            energies = energies + damping * (full[1:] - full[:-1]).square().sum(1)
-            lengths = energies.clamp_min(0).sqrt()
+            lengths = loss.segment_lengths(full, damped=True)
             state.param.copy_(resample_polyline(full, lengths, nodes + 2)[0][1:-1])
         state.optimizer.state.clear()  # restart the optimiser's moments at the new nodes
 

@@ -115,6 +115,10 @@ def _stage_stop(path: Path, name: str) -> Stop | None:
     return None
 
 
+TERMS: dict[str, type[Objective]] = {"labels": TaskLoss, "image": OutputGeodesicLoss}
+"""The walk's task term per ``--traverse-task`` (its class: its ``cost`` plans the steps)."""
+
+
 def image_metric(task: ConnectTask) -> Metric:
     """The metric whose output geodesic the image term follows: the walk's own where it has one
     (output: the logits' segment; fisher: the great circle of √p), else the output metric's."""
@@ -128,7 +132,7 @@ def _walk(task: ConnectTask, path: Path, step: float, max_steps: int) -> Stop:
     distance = float((task.theta_b - task.theta_a).norm())  # reporting
     batches = task.minibatches(offset=1, labelled=s.traverse_task == "labels") if s.walk_weight > 0 else None
     term = None if batches is None else (
-        TaskLoss(task.model, batches) if s.traverse_task == "labels"
+        TaskLoss(task.model, batches) if TERMS[s.traverse_task] is TaskLoss
         else OutputGeodesicLoss(image_metric(task), task.theta_a, task.theta_b, batches))
     objective = TowardNetwork(TargetPoint(task.theta_b, tol=s.tol * distance), term,
                               s.walk_weight, batches, fade=distance if s.traverse_fade else None)
@@ -149,8 +153,8 @@ def method_traverse(task: ConnectTask, name: str = "traverse") -> MethodResult:
     s = task.settings
     distance = float((task.theta_b - task.theta_a).norm())  # reporting
     step = s.step_size if s.step_size is not None else distance / 100
-    term_cost = 0 if s.walk_weight == 0 else (OutputGeodesicLoss.cost if s.traverse_task == "image" else TaskLoss.cost)
-    per_step = term_cost + (0 if s.metric == "euclidean" else s.cg_iters)
+    term_cost = 0 if s.walk_weight == 0 else TERMS[s.traverse_task].cost
+    per_step = term_cost + task.space().solve_cost(s.cg_iters)
     max_steps = max(1, s.budget // max(1, per_step))
     path = _open_path(task, name, save_every=max(1, max_steps // 100))
     walked = _stage_stop(path, WALK) or _walk(task, path, step, max_steps)
